@@ -1,0 +1,21 @@
+"""turbo-hf: Turbo token merging (ECCV 2024) for Hugging Face Transformers models."""
+
+from .configuration_turbo import TurboConfig
+from .merging import unmerge, weighted_mean
+from .patching import apply_turbo, get_turbo_config, is_turbo_applied, remove_turbo, turbo
+from .registry import supported_classes
+from . import adapter_vit  # noqa: F401  (registers the family)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TurboConfig",
+    "apply_turbo",
+    "get_turbo_config",
+    "is_turbo_applied",
+    "remove_turbo",
+    "supported_classes",
+    "turbo",
+    "unmerge",
+    "weighted_mean",
+]

@@ -1,0 +1,97 @@
+"""Turbo for ViT (`ViTModel`, `ViTForImageClassification`)."""
+
+from __future__ import annotations
+
+import torch
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.vit.modeling_vit import (
+    ViTAttention,
+    ViTForImageClassification,
+    ViTLayer,
+    ViTModel,
+    eager_attention_forward,
+)
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .registry import FamilyAdapter, register_adapter
+from .turbo_encoder import LayerStep, TurboModelOutputWithPooling, projected_attention, run_layers
+
+
+class TurboViTAttention(ViTAttention):
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        return projected_attention(
+            self,
+            hidden_states,
+            attention_mask,
+            out_proj=self.o_proj,
+            scaling=self.scaling,
+            dropout=self.attention_dropout,
+            eager_fn=eager_attention_forward,
+            **kwargs,
+        )
+
+
+class TurboViTLayer(ViTLayer):
+    def forward(self, hidden_states, size, source, step: LayerStep, attention_mask=None, **kwargs):
+        bias = step.attention_bias(size, hidden_states.dtype)
+        residual = hidden_states
+        hidden_states = self.layernorm_before(hidden_states)
+        hidden_states, _, query, keys = self.attention(
+            hidden_states, bias if bias is not None else attention_mask, **kwargs
+        )
+        hidden_states = self.dropout(hidden_states) + residual
+        hidden_states, size, source = step.reduce(
+            hidden_states, size, source, query, keys, self.attention.scaling, bias
+        )
+
+        residual = hidden_states
+        hidden_states = self.layernorm_after(hidden_states)
+        hidden_states = self.mlp(hidden_states)
+        hidden_states = self.dropout(hidden_states) + residual
+        return hidden_states, size, source
+
+
+class TurboViTModel(ViTModel):
+    """`ViTModel` whose layers merge tokens with Turbo; the output also carries `token_sizes`/`token_source`."""
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        bool_masked_pos: torch.BoolTensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> TurboModelOutputWithPooling:
+        expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
+        if pixel_values.dtype != expected_dtype:
+            pixel_values = pixel_values.to(expected_dtype)
+        hidden_states = self.embeddings(
+            pixel_values, bool_masked_pos=bool_masked_pos, interpolate_pos_encoding=interpolate_pos_encoding
+        )
+        attention_mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
+        )
+        hidden_states, size, source = run_layers(
+            self.layers, hidden_states, self.turbo_runtime, attention_mask, **kwargs
+        )
+        sequence_output = self.layernorm(hidden_states)
+        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+        return TurboModelOutputWithPooling(
+            last_hidden_state=sequence_output, pooler_output=pooled_output, token_sizes=size, token_source=source
+        )
+
+
+register_adapter(
+    FamilyAdapter(
+        name="vit",
+        model_classes=(ViTModel, ViTForImageClassification),
+        vision_models=lambda model: [model if isinstance(model, ViTModel) else model.vit],
+        layers=lambda vision: vision.layers,
+        class_map={ViTModel: TurboViTModel, ViTLayer: TurboViTLayer, ViTAttention: TurboViTAttention},
+        attention_attr="attention",
+        mlp_attr="mlp",
+    )
+)

@@ -1,0 +1,161 @@
+"""`TurboConfig`: every knob of Turbo token merging, validated when it is created."""
+
+from __future__ import annotations
+
+import math
+
+from transformers import PreTrainedConfig
+
+MODES = ("turbo", "tome", "semantic", "random")
+REDUCTIONS = ("merge", "prune")
+SCHEDULES = ("constant", "decreasing")
+ALPHA_SCALES = ("length", "raw", "rank", "zscore")
+
+# Chosen from measurements on the real DINOv2-S/14 (see README, "Choosing alpha"): with the semantic value
+# normalised by its mean over the non-[CLS] tokens, a small weight keeps ToMe's quality at every length.
+DEFAULT_ALPHA = 0.05
+DEFAULT_ALPHA_SCALE = "length"
+
+
+def _allowed(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
+
+
+def _non_negative_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
+
+
+class TurboConfig(PreTrainedConfig):
+    r"""
+    Settings of Turbo token merging (Ju et al., ECCV 2024) for a vision encoder.
+
+    In each transformer block, after attention and before the MLP, `r` tokens are merged into their most
+    similar partner. Which ones go is decided by the information degree `E = R - alpha * A`, where `R` is a
+    token's mutual redundancy (its largest key cosine similarity with the other set of a bipartite split)
+    and `A` its semantic value (the attention the [CLS] token pays to it).
+
+    Args:
+        r (`int` or `list[int]`, *optional*):
+            Tokens removed per layer: one number for every layer, or a list with one entry per layer.
+            Exactly one of `r` and `flops_ratio` may be given; neither means `r=0` (the stock model).
+        flops_ratio (`float`, *optional*):
+            Budget instead of `r`: the fraction of the stock encoder's FLOPs to keep, in (0, 1]. The largest
+            schedule that stays within it is derived for the model and the input length it runs on.
+        schedule (`str`, defaults to `"constant"`):
+            How an integer `r` is spread over layers: `"constant"` (the same `r` everywhere) or `"decreasing"`
+            (from `2r` in the first layer linearly down to 0 in the last, the same total).
+        mode (`str`, defaults to `"turbo"`):
+            What decides which tokens merge: `"turbo"` (information degree), `"tome"` (redundancy only, i.e.
+            `alpha=0`), `"semantic"` (semantic value only: the least attended go first) or `"random"` (seeded).
+        reduction (`str`, defaults to `"merge"`):
+            `"merge"` averages a removed token into its partner (weighted by size); `"prune"` drops it.
+        alpha (`float`, defaults to 0.05):
+            Weight of the semantic value in the information degree. Its meaning depends on `alpha_scale`.
+        alpha_scale (`str`, defaults to `"length"`):
+            How `A` is put on the scale of `R`: `"length"` divides it by its mean over the non-[CLS] tokens
+            (so uniform attention gives 1 at any sequence length), `"raw"` uses the attention probability as
+            the paper does (`alpha` is then the paper's alpha'), `"rank"` and `"zscore"` compare ranks or
+            z-scores of `R` and `A` over the candidates.
+        semantic_start_layer (`int`, defaults to 0):
+            The semantic term is used from this layer on; earlier layers merge by redundancy only.
+        min_tokens (`int`, defaults to 0):
+            Merging stops before fewer than this many tokens would remain (the research code used 40, and
+            100 for retrieval; the presets in `configs/` set it).
+        proportional_attention (`bool`, defaults to `True`):
+            Add `log(size)` to the attention logits of merged tokens so they weigh as much as the tokens
+            they replaced.
+        restore_output (`bool`, defaults to `False`):
+            Unmerge the encoder output back to the full token grid (each merged token copied to every
+            position it stands for), for heads and users that need one feature per patch.
+        seed (`int`, defaults to 0):
+            Seed of the `"random"` mode: the same seed removes the same tokens on every call.
+
+    Example:
+
+    ```python
+    >>> from turbo_hf import TurboConfig
+    >>> config = TurboConfig(r=16, mode="turbo")
+    >>> TurboConfig.from_dict(config.to_dict()).r
+    16
+    ```
+    """
+
+    model_type = "turbo"
+
+    r: int | list[int] | None = None
+    flops_ratio: float | None = None
+    schedule: str = "constant"
+    mode: str = "turbo"
+    reduction: str = "merge"
+    alpha: float = DEFAULT_ALPHA
+    alpha_scale: str = DEFAULT_ALPHA_SCALE
+    semantic_start_layer: int = 0
+    min_tokens: int = 0
+    proportional_attention: bool = True
+    restore_output: bool = False
+    seed: int = 0
+
+    def __post_init__(self, **kwargs):
+        self._validate()
+        super().__post_init__(**kwargs)
+
+    def _validate(self) -> None:
+        if isinstance(self.r, tuple):
+            self.r = list(self.r)
+        if isinstance(self.r, list):
+            if not self.r:
+                raise ValueError("`r` must not be an empty list.")
+            for value in self.r:
+                _non_negative_int("r", value)
+            if self.schedule != "constant":
+                raise ValueError(
+                    f"`schedule={self.schedule!r}` spreads an integer `r`; a list `r` already is a schedule: "
+                    "use `schedule='constant'`."
+                )
+        elif self.r is not None:
+            _non_negative_int("r", self.r)
+        if self.flops_ratio is not None:
+            if self.r is not None:
+                raise ValueError("Give either `r` or `flops_ratio`, not both.")
+            ratio = self.flops_ratio
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+                raise ValueError(f"`flops_ratio` must be a number in (0, 1], got {ratio!r}.")
+        _allowed("schedule", self.schedule, SCHEDULES)
+        _allowed("mode", self.mode, MODES)
+        _allowed("reduction", self.reduction, REDUCTIONS)
+        _allowed("alpha_scale", self.alpha_scale, ALPHA_SCALES)
+        alpha = self.alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
+            raise ValueError(f"`alpha` must be a finite number >= 0, got {alpha!r}.")
+        _non_negative_int("semantic_start_layer", self.semantic_start_layer)
+        _non_negative_int("min_tokens", self.min_tokens)
+        _non_negative_int("seed", self.seed)
+        for name in ("proportional_attention", "restore_output"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
+
+    @property
+    def removes_tokens(self) -> bool:
+        """Whether these settings can remove any token (False for `r=0` and for no budget)."""
+        if self.flops_ratio is not None:
+            return self.flops_ratio < 1
+        if isinstance(self.r, list):
+            return any(self.r)
+        return bool(self.r)
+
+    def score_settings(self) -> dict:
+        """The settings that decide which tokens merge, as plain values (for the merge core)."""
+        mode = self.mode
+        return {
+            "mode": mode,
+            "alpha": 0.0 if mode == "tome" else float(self.alpha),
+            "alpha_scale": self.alpha_scale,
+            "semantic_start_layer": self.semantic_start_layer,
+            "reduction": self.reduction,
+            "seed": self.seed,
+        }
+
+
+__all__ = ["TurboConfig", "MODES", "REDUCTIONS", "SCHEDULES", "ALPHA_SCALES"]

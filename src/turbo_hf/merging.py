@@ -1,0 +1,272 @@
+"""The model-agnostic core of Turbo: information degree, bipartite matching, merging and unmerging.
+
+Everything here works on plain tensors and knows nothing about any model family:
+
+- `metric` (B, N, D): one key vector per token, used for redundancy;
+- `semantic` (B, N): the semantic value of each token (attention it receives from a summary query);
+- `size` (B, N, 1): how many original tokens each current token stands for;
+- `source` (B, N0): for each original token, the index of the current token that holds it.
+
+Token order is kept: the output of a merge lists the kept tokens in their original relative order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class MergePlan:
+    """Which tokens leave and where they go, for one reduction step.
+
+    Attributes:
+        src_idx: (B, r) positions of the removed tokens.
+        dst_idx: (B, r) positions of the tokens they merge into.
+        keep_idx: (B, N - r) positions of the kept tokens, ascending.
+        new_index: (B, N) for every current token, its position after the step (a removed token gets the
+            position of its partner).
+    """
+
+    src_idx: torch.Tensor
+    dst_idx: torch.Tensor
+    keep_idx: torch.Tensor
+    new_index: torch.Tensor
+
+
+def key_metric(keys: torch.Tensor) -> torch.Tensor:
+    """Matching metric from per-head keys (B, H, N, Dh): the head-averaged key, L2-normalised (B, N, Dh)."""
+    metric = keys.mean(dim=1)
+    return metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+
+
+def semantic_value(
+    query: torch.Tensor, keys: torch.Tensor, scaling: float, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Attention that one summary query pays to every token, averaged over heads.
+
+    Computes a single attention row, O(N * d), with no N x N matrix.
+
+    Args:
+        query: (B, H, 1, Dh) the summary query (the [CLS] query, or a size-weighted mean query).
+        keys: (B, H, N, Dh).
+        scaling: the attention scale of the layer.
+        bias: optional (B, 1, 1, N) additive logits bias (proportional attention).
+
+    Returns:
+        (B, N) attention probabilities.
+    """
+    logits = torch.matmul(query.float(), keys.float().transpose(-1, -2)) * scaling
+    if bias is not None:
+        logits = logits + bias.float()
+    return logits.softmax(dim=-1).mean(dim=1)[:, 0]
+
+
+def _rank01(values: torch.Tensor) -> torch.Tensor:
+    """Ranks along the last axis scaled to [0, 1] (ties broken by position)."""
+    count = values.shape[-1]
+    ranks = values.argsort(dim=-1).argsort(dim=-1).to(values.dtype)
+    return ranks / max(count - 1, 1)
+
+
+def _zscore(values: torch.Tensor) -> torch.Tensor:
+    return (values - values.mean(dim=-1, keepdim=True)) / values.std(dim=-1, keepdim=True).clamp_min(1e-6)
+
+
+def information_degree(
+    redundancy: torch.Tensor,
+    semantic: torch.Tensor | None,
+    alpha: float,
+    alpha_scale: str = "length",
+    semantic_mean: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Merge priority `E = R - alpha * A'` for candidate tokens (higher merges first).
+
+    Args:
+        redundancy: (B, M) largest cosine similarity of each candidate with the other set.
+        semantic: (B, M) semantic value of each candidate, or None (then `E = R`).
+        alpha: weight of the semantic term.
+        alpha_scale: `"raw"` (A as a probability, the paper's form), `"length"` (A divided by
+            `semantic_mean`, so uniform attention gives 1 at any length), `"rank"` or `"zscore"`
+            (both terms as ranks in [0, 1] or z-scores over the candidates).
+        semantic_mean: (B, 1) mean semantic value of the non-protected tokens, for `"length"`.
+    """
+    if semantic is None or alpha == 0:
+        return redundancy
+    if alpha_scale == "raw":
+        return redundancy - alpha * semantic
+    if alpha_scale == "length":
+        if semantic_mean is None:
+            semantic_mean = semantic.mean(dim=-1, keepdim=True)
+        return redundancy - alpha * semantic / semantic_mean.clamp_min(1e-12)
+    if alpha_scale == "rank":
+        return _rank01(redundancy) - alpha * _rank01(semantic)
+    if alpha_scale == "zscore":
+        return _zscore(redundancy) - alpha * _zscore(semantic)
+    raise ValueError(f"`alpha_scale` must be one of ['length', 'raw', 'rank', 'zscore'], got {alpha_scale!r}.")
+
+
+def max_reduction(num_tokens: int, protect_first: bool) -> int:
+    """The most tokens one bipartite step can remove from `num_tokens` tokens."""
+    candidates = (num_tokens + 1) // 2 - (1 if protect_first else 0)
+    return max(0, min(candidates, num_tokens // 2))
+
+
+def bipartite_plan(
+    metric: torch.Tensor,
+    r: int,
+    *,
+    mode: str = "turbo",
+    semantic: torch.Tensor | None = None,
+    alpha: float = 0.0,
+    alpha_scale: str = "length",
+    protect_first: bool = True,
+    generator: torch.Generator | None = None,
+) -> MergePlan:
+    """Choose `r` tokens to remove and their partners with Turbo's bipartite soft matching.
+
+    Set A holds the even positions (with the protected first token), set B the odd ones. Each A token's
+    redundancy is its largest cosine similarity to B, its partner the argmax. The `r` A tokens with the
+    highest priority leave: by information degree (`"turbo"`), redundancy (`"tome"`), lowest semantic value
+    (`"semantic"`) or at random (`"random"`, drawn from `generator`).
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from turbo_hf.merging import bipartite_plan
+    >>> metric = torch.nn.functional.normalize(torch.randn(2, 9, 4), dim=-1)
+    >>> bipartite_plan(metric, 3, mode="tome").keep_idx.shape
+    torch.Size([2, 6])
+    ```
+    """
+    batch, num_tokens, _ = metric.shape
+    limit = max_reduction(num_tokens, protect_first)
+    if not 0 <= r <= limit:
+        raise ValueError(f"`r` must be in [0, {limit}] for {num_tokens} tokens, got {r}.")
+    device = metric.device
+    metric_a, metric_b = metric[:, ::2], metric[:, 1::2]
+    similarity = torch.matmul(metric_a, metric_b.transpose(-1, -2))
+    redundancy, partner = similarity.max(dim=-1)
+
+    if mode == "tome":
+        priority = redundancy
+    elif mode == "random":
+        priority = torch.rand(redundancy.shape, generator=generator, device="cpu").to(device)
+    else:
+        if semantic is None:
+            raise ValueError(f"`mode={mode!r}` needs the semantic value of every token.")
+        semantic_a = semantic[:, ::2].to(redundancy.dtype)
+        if mode == "semantic":
+            priority = -semantic_a
+        else:
+            start = 1 if protect_first else 0
+            semantic_mean = semantic[:, start:].mean(dim=-1, keepdim=True).to(redundancy.dtype)
+            candidates = slice(start, None)
+            priority = redundancy.clone()
+            priority[:, candidates] = information_degree(
+                redundancy[:, candidates], semantic_a[:, candidates], alpha, alpha_scale, semantic_mean
+            )
+    if protect_first:
+        priority = priority.clone()
+        priority[:, 0] = -math.inf
+
+    chosen = priority.topk(r, dim=-1).indices
+    src_idx = chosen * 2
+    dst_idx = partner.gather(1, chosen) * 2 + 1
+
+    removed = torch.zeros(batch, num_tokens, dtype=torch.bool, device=device)
+    removed.scatter_(1, src_idx, True)
+    positions = torch.arange(num_tokens, device=device).expand(batch, num_tokens)
+    keep_idx = positions[~removed].view(batch, num_tokens - r)
+    new_position = positions - torch.cumsum(removed.long(), dim=1)
+    new_index = new_position.scatter(1, src_idx, new_position.gather(1, dst_idx))
+    return MergePlan(src_idx=src_idx, dst_idx=dst_idx, keep_idx=keep_idx, new_index=new_index)
+
+
+def _gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+
+
+def merge_tokens(
+    hidden: torch.Tensor, size: torch.Tensor, plan: MergePlan, reduction: str = "merge"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply a plan: size-weighted average into the partner (`"merge"`) or drop (`"prune"`).
+
+    Args:
+        hidden: (B, N, C) tokens.
+        size: (B, N, 1) sizes.
+        plan: from `bipartite_plan`.
+        reduction: `"merge"` or `"prune"`.
+
+    Returns:
+        `(hidden, size)` with N - r tokens.
+    """
+    kept = _gather_rows(hidden, plan.keep_idx)
+    kept_size = size.gather(1, plan.keep_idx.unsqueeze(-1))
+    if reduction == "prune":
+        return kept, kept_size
+    dst = plan.new_index.gather(1, plan.dst_idx)
+    src_size = size.gather(1, plan.src_idx.unsqueeze(-1))
+    src_weighted = _gather_rows(hidden, plan.src_idx) * src_size
+    merged_size = kept_size.scatter_add(1, dst.unsqueeze(-1), src_size)
+    total = (kept * kept_size).scatter_add(1, dst.unsqueeze(-1).expand_as(src_weighted), src_weighted)
+    touched = torch.zeros_like(kept_size, dtype=torch.bool).scatter_(1, dst.unsqueeze(-1), True)
+    merged = torch.where(touched, total / merged_size, kept)
+    return merged, merged_size
+
+
+def update_source(source: torch.Tensor, plan: MergePlan) -> torch.Tensor:
+    """Follow a plan in the source map: (B, N0) original token -> index of the token holding it."""
+    return plan.new_index.gather(1, source)
+
+
+def initial_source(batch: int, num_tokens: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The identity source map (B, N): every token holds itself."""
+    return torch.arange(num_tokens, device=device).expand(batch, num_tokens).contiguous()
+
+
+def unmerge(hidden: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Restore the full length: copy each merged token to every original position it stands for.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from turbo_hf.merging import unmerge
+    >>> unmerge(torch.tensor([[[1.0], [2.0]]]), torch.tensor([[0, 1, 1]])).flatten().tolist()
+    [1.0, 2.0, 2.0]
+    ```
+    """
+    return _gather_rows(hidden, source)
+
+
+def proportional_bias(size: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention bias `log(size)` on the key axis, shaped (B, 1, 1, N)."""
+    return size.log().to(dtype)[:, None, :, 0].unsqueeze(1)
+
+
+def weighted_mean(hidden: torch.Tensor, size: torch.Tensor | None) -> torch.Tensor:
+    """Mean over tokens weighted by size: equals the plain mean over the unmerged tokens."""
+    if size is None:
+        return hidden.mean(dim=1)
+    size = size.to(hidden.dtype)
+    return (hidden * size).sum(dim=1) / size.sum(dim=1)
+
+
+__all__ = [
+    "MergePlan",
+    "bipartite_plan",
+    "information_degree",
+    "initial_source",
+    "key_metric",
+    "max_reduction",
+    "merge_tokens",
+    "proportional_bias",
+    "semantic_value",
+    "unmerge",
+    "update_source",
+    "weighted_mean",
+]

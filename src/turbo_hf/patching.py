@@ -1,0 +1,188 @@
+"""`apply_turbo`, `remove_turbo` and the `turbo` context manager: reversible, weight-free patching."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from torch import nn
+from transformers.utils import logging
+from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+
+from .configuration_turbo import TurboConfig
+from .registry import FamilyAdapter, find_adapter
+from .schedules import LayerCost
+from .turbo_encoder import TurboRuntime
+
+logger = logging.get_logger(__name__)
+
+FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn")
+
+
+@dataclass
+class TurboPatch:
+    """What `apply_turbo` changed on a model, so `remove_turbo` can undo it exactly."""
+
+    config: TurboConfig
+    adapter: FamilyAdapter
+    swapped: list[tuple[nn.Module, type]]
+    vision_models: list[nn.Module]
+
+
+def _linear_macs(module: nn.Module) -> int:
+    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def layer_cost(layer: nn.Module, adapter: FamilyAdapter) -> LayerCost:
+    """Per-token MACs of a layer, counted from its Linear modules."""
+    attention = getattr(layer, adapter.attention_attr)
+    hidden = max(m.out_features for m in attention.modules() if isinstance(m, nn.Linear))
+    return LayerCost(
+        attention_per_token=_linear_macs(attention),
+        mlp_per_token=_linear_macs(getattr(layer, adapter.mlp_attr)),
+        hidden_size=hidden,
+    )
+
+
+def _check_attention_implementation(vision: nn.Module, config: TurboConfig) -> None:
+    implementation = getattr(vision.config, "_attn_implementation", None)
+    if config.removes_tokens and config.proportional_attention and implementation in FLASH_IMPLEMENTATIONS:
+        raise ValueError(
+            f"`proportional_attention=True` adds a log(size) bias that `{implementation}` cannot take. "
+            "Load the model with attn_implementation='sdpa' or 'eager', or set proportional_attention=False."
+        )
+
+
+def _build_runtimes(model: nn.Module, adapter: FamilyAdapter, config: TurboConfig) -> list[TurboRuntime]:
+    runtimes = []
+    for vision in adapter.vision_models(model):
+        _check_attention_implementation(vision, config)
+        layers = adapter.layers(vision)
+        runtime = TurboRuntime(
+            config,
+            num_layers=len(layers),
+            cost=layer_cost(layers[0], adapter),
+            protect_first=adapter.protect_first,
+            summary_query=adapter.summary_query,
+        )
+        runtime.schedule(adapter.default_tokens(vision.config))  # validates `r` against this encoder now
+        runtimes.append(runtime)
+    return runtimes
+
+
+def is_turbo_applied(model: nn.Module) -> bool:
+    """Whether `apply_turbo` has patched this model."""
+    return getattr(model, "_turbo_patch", None) is not None
+
+
+def get_turbo_config(model: nn.Module) -> TurboConfig | None:
+    """The `TurboConfig` a model was patched with, or None."""
+    patch = getattr(model, "_turbo_patch", None)
+    return patch.config if patch is not None else None
+
+
+def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -> nn.Module:
+    """Patch a stock Transformers model in place so its vision encoder merges tokens with Turbo.
+
+    Weights, parameter names and the `state_dict` do not change; `remove_turbo` restores the stock model
+    exactly. Applying again replaces the previous settings.
+
+    Args:
+        model: a supported model (`turbo_hf.supported_classes()` lists them).
+        config: the settings; or give them as keyword arguments (`apply_turbo(model, r=16)`).
+
+    Returns:
+        The same model object.
+
+    Example:
+
+    ```python
+    >>> from transformers import ViTConfig, ViTModel
+    >>> from turbo_hf import TurboConfig, apply_turbo, remove_turbo
+    >>> model = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    ...                            intermediate_size=64, image_size=32, patch_size=8))
+    >>> apply_turbo(model, TurboConfig(r=2)) is model
+    True
+    >>> _ = remove_turbo(model)
+    ```
+    """
+    if config is None:
+        config = TurboConfig(**kwargs)
+    elif kwargs:
+        raise ValueError("Pass either a `config` or keyword settings to `apply_turbo`, not both.")
+    elif not isinstance(config, TurboConfig):
+        raise ValueError(f"`config` must be a TurboConfig, got {type(config).__name__}.")
+    adapter = find_adapter(model)
+    if is_turbo_applied(model):
+        remove_turbo(model)
+    runtimes = _build_runtimes(model, adapter, config)
+
+    vision_models = adapter.vision_models(model)
+    targets = [model] + [m for vision in vision_models for m in vision.modules()]
+    swapped, seen = [], set()
+    for module in targets:
+        turbo_class = adapter.class_map.get(type(module))
+        if turbo_class is None or id(module) in seen:
+            continue
+        seen.add(id(module))
+        swapped.append((module, type(module)))
+        module.__class__ = turbo_class
+        if hasattr(module, "_can_record_outputs"):
+            _CAN_RECORD_REGISTRY[module] = module._can_record_outputs
+    for vision, runtime in zip(vision_models, runtimes):
+        vision.turbo_runtime = runtime
+    model._turbo_patch = TurboPatch(config=config, adapter=adapter, swapped=swapped, vision_models=vision_models)
+    logger.info(f"Turbo applied to {type(model).__name__} ({adapter.name}): {len(swapped)} modules patched.")
+    return model
+
+
+def remove_turbo(model: nn.Module) -> nn.Module:
+    """Undo `apply_turbo`: every patched module gets its stock class back.
+
+    Example:
+
+    ```python
+    >>> from transformers import ViTConfig, ViTModel
+    >>> from turbo_hf import apply_turbo, remove_turbo
+    >>> model = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    ...                            intermediate_size=64, image_size=32, patch_size=8))
+    >>> type(remove_turbo(apply_turbo(model, r=2))).__name__
+    'ViTModel'
+    ```
+    """
+    patch = getattr(model, "_turbo_patch", None)
+    if patch is None:
+        raise ValueError(f"{type(model).__name__} has no Turbo patch to remove: call `apply_turbo` first.")
+    for module, stock_class in reversed(patch.swapped):
+        module.__class__ = stock_class
+    for vision in patch.vision_models:
+        del vision.turbo_runtime
+    del model._turbo_patch
+    return model
+
+
+@contextmanager
+def turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -> Iterator[nn.Module]:
+    """Context manager: Turbo inside the block, the stock model after it (even on error).
+
+    Example:
+
+    ```python
+    >>> from transformers import ViTConfig, ViTModel
+    >>> from turbo_hf import turbo
+    >>> model = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    ...                            intermediate_size=64, image_size=32, patch_size=8))
+    >>> with turbo(model, r=2) as patched:
+    ...     type(patched).__name__
+    'TurboViTModel'
+    ```
+    """
+    apply_turbo(model, config, **kwargs)
+    try:
+        yield model
+    finally:
+        remove_turbo(model)
+
+
+__all__ = ["apply_turbo", "get_turbo_config", "is_turbo_applied", "layer_cost", "remove_turbo", "turbo"]

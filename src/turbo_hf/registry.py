@@ -1,0 +1,74 @@
+"""The registry that maps stock Transformers classes to the family adapters that patch them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class FamilyAdapter:
+    """How Turbo patches one model family.
+
+    Attributes:
+        name: family name, e.g. `"vit"`.
+        model_classes: the stock classes `apply_turbo` accepts for this family.
+        vision_models: returns the modules that own the vision layers (each gets a Turbo forward).
+        layers: returns the `nn.ModuleList` of layers of such a module.
+        class_map: stock class -> Turbo subclass, applied (by exact type) to the model itself, to the vision
+            modules and to everything inside them; other modules (a text tower) are never touched.
+        attention_attr: name of the attention module inside a layer (for FLOP budgets).
+        mlp_attr: name of the MLP module inside a layer (for FLOP budgets).
+        protect_first: whether token 0 is a [CLS] token that never merges.
+        summary_query: `"cls"` or `"mean"`: which query gives the semantic value.
+        tokens_for_config: the default number of tokens of a vision module, from its config.
+    """
+
+    name: str
+    model_classes: tuple[type, ...]
+    vision_models: Callable[[nn.Module], list[nn.Module]]
+    layers: Callable[[nn.Module], nn.ModuleList]
+    class_map: dict[type, type]
+    attention_attr: str
+    mlp_attr: str
+    protect_first: bool = True
+    summary_query: str = "cls"
+    tokens_for_config: Callable[[object], int] = field(default=None)
+
+    def default_tokens(self, config) -> int:
+        """Tokens the encoder sees at the config's image size ([CLS] included when there is one)."""
+        if self.tokens_for_config is not None:
+            return self.tokens_for_config(config)
+        image, patch = config.image_size, config.patch_size
+        image = image if isinstance(image, (list, tuple)) else (image, image)
+        patch = patch if isinstance(patch, (list, tuple)) else (patch, patch)
+        return (image[0] // patch[0]) * (image[1] // patch[1]) + int(self.protect_first)
+
+
+_ADAPTERS: list[FamilyAdapter] = []
+
+
+def register_adapter(adapter: FamilyAdapter) -> FamilyAdapter:
+    """Add a family adapter (a new family is one module that calls this)."""
+    _ADAPTERS.append(adapter)
+    return adapter
+
+
+def supported_classes() -> list[str]:
+    """Names of every stock class `apply_turbo` accepts."""
+    return sorted(cls.__name__ for adapter in _ADAPTERS for cls in adapter.model_classes)
+
+
+def find_adapter(model: nn.Module) -> FamilyAdapter:
+    """The adapter for a model, or a `ValueError` that lists the supported classes."""
+    for adapter in _ADAPTERS:
+        if isinstance(model, adapter.model_classes):
+            return adapter
+    raise ValueError(
+        f"Turbo does not support {type(model).__name__}. Supported classes: {', '.join(supported_classes())}."
+    )
+
+
+__all__ = ["FamilyAdapter", "find_adapter", "register_adapter", "supported_classes"]

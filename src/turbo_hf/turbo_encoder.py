@@ -1,0 +1,255 @@
+"""Glue between the merge core and a transformer encoder: per-layer steps, the layer loop, outputs.
+
+Nothing here names a model family. A family adapter gives its layers a forward that runs attention with
+`projected_attention`, calls `LayerStep.reduce` between attention and MLP, and returns
+`(hidden_states, size, source)`; `run_layers` carries that state from layer to layer explicitly, so
+gradient checkpointing recomputes every layer with the sizes it saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_turbo import TurboConfig
+from .merging import (
+    bipartite_plan,
+    initial_source,
+    key_metric,
+    merge_tokens,
+    proportional_bias,
+    semantic_value,
+    unmerge,
+    update_source,
+)
+from .schedules import LayerCost, resolve_schedule
+
+
+@dataclass
+class TurboModelOutputWithPooling(BaseModelOutputWithPooling):
+    """`BaseModelOutputWithPooling` plus what Turbo merged.
+
+    Args:
+        token_sizes (`torch.Tensor` of shape `(batch_size, sequence_length, 1)`):
+            How many input tokens each output token stands for (all ones when nothing was merged or when
+            `restore_output=True`).
+        token_source (`torch.Tensor` of shape `(batch_size, input_length)`):
+            For each input token (position embedding order, [CLS] first), the index of the output token
+            that holds it. `turbo_hf.unmerge(last_hidden_state, token_source)` restores the full length.
+    """
+
+    token_sizes: torch.Tensor | None = None
+    token_source: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class LayerStep:
+    """What one layer does after attention: remove `r` tokens with the given settings."""
+
+    layer_idx: int
+    r: int
+    merged_before: bool
+    mode: str
+    alpha: float
+    alpha_scale: str
+    reduction: str
+    seed: int
+    protect_first: bool
+    summary_query: str
+    proportional_attention: bool
+
+    def attention_bias(self, size: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """The `log(size)` logits bias once tokens have merged; None before (the stock computation)."""
+        if self.merged_before and self.proportional_attention and self.reduction == "merge":
+            return proportional_bias(size, dtype)
+        return None
+
+    def _summary(self, query: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+        if self.summary_query == "cls":
+            return query[:, :, :1]
+        weights = size.to(query.dtype)[:, None]
+        return (query * weights).sum(dim=2, keepdim=True) / weights.sum(dim=2, keepdim=True)
+
+    def reduce(
+        self,
+        hidden: torch.Tensor,
+        size: torch.Tensor,
+        source: torch.Tensor,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        scaling: float,
+        bias: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Remove `r` tokens from `hidden` (B, N, C), given the layer's queries and keys (B, H, N, Dh)."""
+        if self.r == 0:
+            return hidden, size, source
+        semantic = None
+        if self.mode in ("turbo", "semantic"):
+            semantic = semantic_value(self._summary(query, size), keys, scaling, bias)
+        generator = None
+        if self.mode == "random":
+            generator = torch.Generator().manual_seed(self.seed * 10_007 + self.layer_idx)
+        plan = bipartite_plan(
+            key_metric(keys),
+            self.r,
+            mode=self.mode,
+            semantic=semantic,
+            alpha=self.alpha,
+            alpha_scale=self.alpha_scale,
+            protect_first=self.protect_first,
+            generator=generator,
+        )
+        hidden, size = merge_tokens(hidden, size, plan, self.reduction)
+        return hidden, size, update_source(source, plan)
+
+
+class TurboRuntime:
+    """Turbo settings bound to one encoder: resolves the layer steps for each input length (cached).
+
+    Args:
+        config: the `TurboConfig`.
+        num_layers: layers in the encoder.
+        cost: per-token cost of a layer, for FLOP budgets.
+        protect_first: whether token 0 is a [CLS] token that never merges.
+        summary_query: `"cls"` (the [CLS] query gives the semantic value) or `"mean"` (a size-weighted mean
+            query, for encoders without [CLS]).
+    """
+
+    def __init__(
+        self, config: TurboConfig, num_layers: int, cost: LayerCost, protect_first: bool, summary_query: str
+    ) -> None:
+        self.config = config
+        self.num_layers = num_layers
+        self.cost = cost
+        self.protect_first = protect_first
+        self.summary_query = summary_query
+        self._steps: dict[int, list[LayerStep]] = {}
+
+    def schedule(self, num_tokens: int) -> list[int]:
+        """Tokens removed by each layer for an input of `num_tokens` tokens."""
+        config = self.config
+        return resolve_schedule(
+            r=config.r,
+            flops_ratio=config.flops_ratio,
+            schedule=config.schedule,
+            min_tokens=config.min_tokens,
+            num_layers=self.num_layers,
+            num_tokens=num_tokens,
+            cost=self.cost,
+            protect_first=self.protect_first,
+        )
+
+    def steps(self, num_tokens: int) -> list[LayerStep]:
+        """One `LayerStep` per layer for an input of `num_tokens` tokens."""
+        if num_tokens not in self._steps:
+            config = self.config
+            settings = config.score_settings()
+            steps, merged = [], False
+            for idx, r in enumerate(self.schedule(num_tokens)):
+                mode = settings["mode"]
+                if mode == "turbo" and idx < settings["semantic_start_layer"]:
+                    mode = "tome"
+                steps.append(
+                    LayerStep(
+                        layer_idx=idx,
+                        r=r,
+                        merged_before=merged,
+                        mode=mode,
+                        alpha=settings["alpha"],
+                        alpha_scale=settings["alpha_scale"],
+                        reduction=settings["reduction"],
+                        seed=settings["seed"],
+                        protect_first=self.protect_first,
+                        summary_query=self.summary_query,
+                        proportional_attention=config.proportional_attention,
+                    )
+                )
+                merged = merged or r > 0
+            self._steps[num_tokens] = steps
+        return self._steps[num_tokens]
+
+
+def projected_attention(
+    module: nn.Module,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    out_proj: nn.Module,
+    scaling: float,
+    dropout: float,
+    eager_fn: Callable,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Attention of a module with `q_proj`, `k_proj`, `v_proj` through the attention interface.
+
+    The same operations as the stock Transformers attention of ViT, DINOv2, CLIP and SigLIP, so that with no
+    bias it gives identical results; it also returns the queries and keys (B, H, N, Dh) that Turbo scores.
+    """
+    input_shape = hidden_states.shape[:-1]
+    hidden_shape = (*input_shape, -1, module.head_dim)
+    query = module.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+    keys = module.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+    values = module.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(module.config._attn_implementation, eager_fn)
+    output, weights = interface(
+        module,
+        query,
+        keys,
+        values,
+        attention_mask,
+        dropout=0.0 if not module.training else dropout,
+        scaling=scaling,
+        **kwargs,
+    )
+    output = out_proj(output.reshape(*input_shape, -1).contiguous())
+    return output, weights, query, keys
+
+
+def check_attention_mask(attention_mask: torch.Tensor | None, steps: list[LayerStep]) -> None:
+    """Vision encoders merge whole sequences: a padding mask cannot follow tokens that move."""
+    if attention_mask is not None and any(step.r for step in steps):
+        raise ValueError(
+            "`attention_mask` is not supported while Turbo removes tokens from a vision encoder; "
+            "pass `attention_mask=None` or use `r=0`."
+        )
+
+
+def run_layers(
+    layers: nn.ModuleList,
+    hidden_states: torch.Tensor,
+    runtime: TurboRuntime,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run Turbo layers, carrying `(hidden_states, size, source)` from one to the next.
+
+    Returns:
+        The final hidden states (unmerged to the input length when `restore_output` is set), their sizes
+        (B, N', 1) and the source map (B, N).
+    """
+    batch, num_tokens, _ = hidden_states.shape
+    steps = runtime.steps(num_tokens)
+    check_attention_mask(attention_mask, steps)
+    size = torch.ones(batch, num_tokens, 1, device=hidden_states.device, dtype=torch.float32)
+    source = initial_source(batch, num_tokens, hidden_states.device)
+    for layer, step in zip(layers, steps):
+        hidden_states, size, source = layer(hidden_states, size, source, step, attention_mask, **kwargs)
+    if runtime.config.restore_output:
+        hidden_states = unmerge(hidden_states, source)
+        size = torch.ones(batch, num_tokens, 1, device=hidden_states.device, dtype=torch.float32)
+        source = initial_source(batch, num_tokens, hidden_states.device)
+    return hidden_states, size, source
+
+
+__all__ = [
+    "LayerStep",
+    "TurboModelOutputWithPooling",
+    "TurboRuntime",
+    "projected_attention",
+    "run_layers",
+]
