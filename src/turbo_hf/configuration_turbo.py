@@ -136,6 +136,10 @@ class TurboConfig(PreTrainedConfig):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
 
+    def settings(self) -> dict:
+        """The Turbo settings alone (no generic `PreTrainedConfig` fields), as a dict."""
+        return {name: getattr(self, name) for name in TurboConfig.__annotations__}
+
     @property
     def removes_tokens(self) -> bool:
         """Whether these settings can remove any token (False for `r=0` and for no budget)."""

@@ -12,7 +12,7 @@ from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
 
 from .configuration_turbo import TurboConfig
 from .registry import FamilyAdapter, find_adapter
-from .schedules import LayerCost
+from .schedules import LayerCost, flops_fraction, token_counts
 from .turbo_encoder import TurboRuntime
 
 logger = logging.get_logger(__name__)
@@ -80,6 +80,39 @@ def get_turbo_config(model: nn.Module) -> TurboConfig | None:
     """The `TurboConfig` a model was patched with, or None."""
     patch = getattr(model, "_turbo_patch", None)
     return patch.config if patch is not None else None
+
+
+def turbo_plan(model: nn.Module, num_tokens: int | None = None) -> dict:
+    """What a patched model does for an input of `num_tokens` tokens (default: its config's image size).
+
+    Returns:
+        A dict with the per-layer `schedule`, the `token_counts` entering each layer (and the final count),
+        and `flops_fraction`, the share of the stock encoder's FLOPs kept (the speed limit is its inverse).
+
+    Example:
+
+    ```python
+    >>> from transformers import ViTConfig, ViTModel
+    >>> from turbo_hf import apply_turbo, turbo_plan
+    >>> model = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    ...                            intermediate_size=64, image_size=32, patch_size=8))
+    >>> turbo_plan(apply_turbo(model, r=2))["token_counts"]
+    [17, 15, 13]
+    ```
+    """
+    patch = getattr(model, "_turbo_patch", None)
+    if patch is None:
+        raise ValueError(f"{type(model).__name__} is not patched: call `apply_turbo` first.")
+    vision = patch.vision_models[0]
+    runtime = vision.turbo_runtime
+    if num_tokens is None:
+        num_tokens = patch.adapter.default_tokens(vision.config)
+    schedule = runtime.schedule(num_tokens)
+    return {
+        "schedule": schedule,
+        "token_counts": token_counts(schedule, num_tokens),
+        "flops_fraction": flops_fraction(schedule, num_tokens, runtime.cost),
+    }
 
 
 def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -> nn.Module:
@@ -185,4 +218,4 @@ def turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -> Iter
         remove_turbo(model)
 
 
-__all__ = ["apply_turbo", "get_turbo_config", "is_turbo_applied", "layer_cost", "remove_turbo", "turbo"]
+__all__ = ["apply_turbo", "get_turbo_config", "is_turbo_applied", "layer_cost", "remove_turbo", "turbo", "turbo_plan"]
