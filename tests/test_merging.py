@@ -298,6 +298,28 @@ def test_turbo_plan_uses_information_degree():
     assert plan.src_idx.tolist() == expected
 
 
+def test_turbo_length_scale_uses_mean_over_all_non_protected_tokens():
+    # "length" divides A by the mean semantic value of every token but the protected first one (both sets),
+    # not just of the even candidates.
+    tokens, r, alpha = 16, 4, 0.3
+    metric = _metric(1, tokens, seed=24)
+    semantic = torch.rand(1, tokens, generator=torch.Generator().manual_seed(25))
+    semantic[:, 1::2] *= 6.0  # odd tokens draw far more attention: the two means differ a lot
+    similarity = metric[:, ::2] @ metric[:, 1::2].transpose(-1, -2)
+    redundancy = similarity.max(dim=-1).values
+
+    def expected(mean):
+        priority = redundancy - alpha * semantic[:, ::2] / mean
+        priority[:, 0] = -float("inf")
+        return (priority.topk(r, dim=-1).indices * 2).tolist()
+
+    all_mean = semantic[:, 1:].mean(dim=-1, keepdim=True)
+    candidate_mean = semantic[:, 2::2].mean(dim=-1, keepdim=True)
+    assert sorted(expected(all_mean)[0]) != sorted(expected(candidate_mean)[0])  # the check can tell them apart
+    plan = bipartite_plan(metric, r, mode="turbo", semantic=semantic, alpha=alpha, alpha_scale="length")
+    assert plan.src_idx.tolist() == expected(all_mean)
+
+
 # --------------------------------------------------------------------------------------------- merge_tokens
 
 

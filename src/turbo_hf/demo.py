@@ -1,0 +1,125 @@
+"""The main job: Turbo on the real DINOv2-S/14, measured against the stock model on real photos."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+import transformers
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModel
+from transformers.utils import logging
+
+from .calibration import fidelity, pooled_features
+from .configuration_turbo import TurboConfig
+from .patching import apply_turbo, remove_turbo, turbo_plan
+from .real_weights import fetch_real_weights
+from .sample_images import builtin_photos
+from .timing import interleaved_medians
+from .visualization import denormalize, draw_merges, merge_groups, side_by_side
+
+logger = logging.get_logger(__name__)
+
+
+def format_report(report: dict) -> str:
+    """The demo's measurements as a short markdown table."""
+    rows = [
+        ("model", report["model"]),
+        ("Turbo", ", ".join(f"{k}={v}" for k, v in report["turbo_config"].items() if v is not None)),
+        ("tokens", f"{report['tokens_in']} -> {report['tokens_out']} (schedule {report['schedule']})"),
+        ("FLOP speed limit", f"{report['flops_speed_limit']:.2f}x"),
+        ("stock, batch of " + str(report["batch_size"]), f"{report['stock_seconds_per_batch'] * 1000:.0f} ms"),
+        ("Turbo, batch of " + str(report["batch_size"]), f"{report['turbo_seconds_per_batch'] * 1000:.0f} ms"),
+        ("measured speed-up", f"{report['speedup']:.2f}x (median of {report['repeats']})"),
+        ("[CLS] cosine to stock", f"{report['cls_cosine']:.4f}"),
+        ("[CLS]+mean cosine to stock", f"{report['feature_cosine']:.4f}"),
+        ("picture", report["picture"]),
+    ]
+    return "\n".join(["| | |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows])
+
+
+def run_demo(
+    config: TurboConfig,
+    *,
+    model_path: str | os.PathLike | None = None,
+    image_size: int = 224,
+    batch_size: int = 16,
+    repeats: int = 5,
+    out_dir: str | os.PathLike = "outputs",
+) -> dict:
+    """Apply Turbo to the real DINOv2 (or `model_path`), report speed-up and fidelity, draw the merges.
+
+    Writes `merged_patches.png` and `demo.json` into `out_dir` and returns the measurements.
+
+    Example:
+
+    ```python
+    >>> from turbo_hf import TurboConfig
+    >>> from turbo_hf.demo import run_demo
+    >>> report = run_demo(TurboConfig(r=16), batch_size=4, repeats=1)  # doctest: +SKIP
+    ```
+    """
+    path = Path(model_path) if model_path is not None else fetch_real_weights()
+    model = AutoModel.from_pretrained(path, attn_implementation="sdpa").eval()
+    processor = AutoImageProcessor.from_pretrained(path)
+    photos = builtin_photos()
+    crop = {"height": image_size, "width": image_size}
+    pixel_values = processor(
+        images=[image for _, image in photos], size={"shortest_edge": image_size}, crop_size=crop, return_tensors="pt"
+    )["pixel_values"]
+    batch = pixel_values.repeat((batch_size + len(photos) - 1) // len(photos), 1, 1, 1)[:batch_size]
+
+    with torch.inference_mode():
+        stock = model(pixel_values=pixel_values)
+        apply_turbo(model, config)
+        merged = model(pixel_values=pixel_values)
+        plan = turbo_plan(model, stock.last_hidden_state.shape[1])
+        remove_turbo(model)
+
+        def run_stock():
+            model(pixel_values=batch)
+
+        def run_turbo():
+            apply_turbo(model, config)
+            model(pixel_values=batch)
+            remove_turbo(model)
+
+        seconds = interleaved_medians({"stock": run_stock, "turbo": run_turbo}, repeats=repeats)
+
+    report = {
+        "model": str(path),
+        "turbo_config": config.settings(),
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "tokens_in": plan["token_counts"][0],
+        "tokens_out": plan["token_counts"][-1],
+        "schedule": plan["schedule"],
+        "flops_speed_limit": 1 / plan["flops_fraction"],
+        "stock_seconds_per_batch": seconds["stock"],
+        "turbo_seconds_per_batch": seconds["turbo"],
+        "speedup": seconds["stock"] / seconds["turbo"],
+        "cls_cosine": fidelity(stock.pooler_output, merged.pooler_output),
+        "feature_cosine": fidelity(pooled_features(stock), pooled_features(merged)),
+        "photos": [name for name, _ in photos],
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads()},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    patch = model.config.patch_size
+    grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+    pairs = []
+    for index in range(len(photos)):
+        image = denormalize(pixel_values[index], processor.image_mean, processor.image_std)
+        groups = merge_groups(merged.token_source[index], grid, has_cls=True)
+        pairs.append((Image.fromarray(image), draw_merges(image, groups)))
+    picture = out / "merged_patches.png"
+    side_by_side(pairs).save(picture)
+    report["picture"] = str(picture)
+    (out / "demo.json").write_text(json.dumps(report, indent=2))
+    return report
