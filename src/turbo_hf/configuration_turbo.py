@@ -41,8 +41,8 @@ class TurboConfig(PreTrainedConfig):
             Tokens removed per layer: one number for every layer, or a list with one entry per layer.
             Exactly one of `r` and `flops_ratio` may be given; neither means `r=0` (the stock model).
         flops_ratio (`float`, *optional*):
-            Budget instead of `r`: the fraction of the stock encoder's FLOPs to keep, in (0, 1]. The largest
-            schedule that stays within it is derived for the model and the input length it runs on.
+            Budget instead of `r`: the fraction of the stock encoder's FLOPs to keep, in (0, 1]. The least
+            reduction that stays within it is derived for the model and the input length it runs on.
         schedule (`str`, defaults to `"constant"`):
             How an integer `r` is spread over layers: `"constant"` (the same `r` everywhere) or `"decreasing"`
             (from `2r` in the first layer linearly down to 0 in the last, the same total).
@@ -139,6 +139,14 @@ class TurboConfig(PreTrainedConfig):
     def settings(self) -> dict:
         """The Turbo settings alone (no generic `PreTrainedConfig` fields), as a dict."""
         return {name: getattr(self, name) for name in TurboConfig.__annotations__}
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """`PreTrainedConfig.from_dict`, validated again after keyword overrides are applied."""
+        result = super().from_dict(config_dict, **kwargs)
+        config = result[0] if isinstance(result, tuple) else result
+        config._validate()
+        return result
 
     @property
     def removes_tokens(self) -> bool:

@@ -147,6 +147,10 @@ def bipartite_plan(
     if not 0 <= r <= limit:
         raise ValueError(f"`r` must be in [0, {limit}] for {num_tokens} tokens, got {r}.")
     device = metric.device
+    if r == 0:
+        positions = torch.arange(num_tokens, device=device).expand(batch, num_tokens)
+        empty = positions[:, :0]
+        return MergePlan(src_idx=empty, dst_idx=empty, keep_idx=positions, new_index=positions)
     metric_a, metric_b = metric[:, ::2], metric[:, 1::2]
     similarity = torch.matmul(metric_a, metric_b.transpose(-1, -2))
     redundancy, partner = similarity.max(dim=-1)
@@ -202,7 +206,7 @@ def merge_tokens(
         reduction: `"merge"` or `"prune"`.
 
     Returns:
-        `(hidden, size)` with N - r tokens.
+        `(hidden, size)` with N - r tokens; averages are taken in the precision of `size` (float32).
     """
     kept = _gather_rows(hidden, plan.keep_idx)
     kept_size = size.gather(1, plan.keep_idx.unsqueeze(-1))
@@ -214,7 +218,7 @@ def merge_tokens(
     merged_size = kept_size.scatter_add(1, dst.unsqueeze(-1), src_size)
     total = (kept * kept_size).scatter_add(1, dst.unsqueeze(-1).expand_as(src_weighted), src_weighted)
     touched = torch.zeros_like(kept_size, dtype=torch.bool).scatter_(1, dst.unsqueeze(-1), True)
-    merged = torch.where(touched, total / merged_size, kept)
+    merged = torch.where(touched, (total / merged_size).to(kept.dtype), kept)
     return merged, merged_size
 
 

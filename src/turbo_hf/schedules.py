@@ -111,7 +111,7 @@ def resolve_schedule(
     >>> cost = LayerCost(attention_per_token=4 * 64 * 64, mlp_per_token=8 * 64 * 64, hidden_size=64)
     >>> resolve_schedule(r=None, flops_ratio=0.6, schedule="constant", min_tokens=0,
     ...                  num_layers=4, num_tokens=65, cost=cost)
-    [10, 10, 10, 10]
+    [12, 12, 12, 12]
     ```
     """
     if flops_ratio is None:
