@@ -212,6 +212,13 @@ def describe(config: TurboConfig) -> str:
             f"semantic_start_layer={s['semantic_start_layer']}")
 
 
+def _after(rows: dict, anchor: str, key: str) -> dict:
+    """`rows` with entry `key` moved right after `anchor` (for the table order)."""
+    order = [k for k in rows if k != key]
+    order.insert(order.index(anchor) + 1, key)
+    return {k: rows[k] for k in order}
+
+
 def main(argv=None) -> dict:  # noqa: C901 (a linear script)
     args = parse_args(argv)
     if args.threads:
@@ -307,6 +314,7 @@ def main(argv=None) -> dict:  # noqa: C901 (a linear script)
                 "seeds": [run["seed"] for run in runs],
                 "per_seed_accuracy": [run["accuracy"] for run in runs],
             }
+        probe_rows = _after(probe_rows, "random", key)
     # paired comparison with ToMe: test images a setting gets right and ToMe wrong (+) and the reverse (-)
     if "tome" in probe_rows:
         for setting, cells in probe_rows.items():
@@ -373,6 +381,7 @@ def main(argv=None) -> dict:  # noqa: C901 (a linear script)
             photo_rows[f"random (mean of {len(args.random_seeds)} seeds)"] = {
                 r: {"cos_pooler": statistics.mean(v), "per_seed": v} for r, v in random_photo.items()
             }
+            photo_rows = _after(photo_rows, "random", f"random (mean of {len(args.random_seeds)} seeds)")
         photo_result = {
             "image_size": args.photo_size,
             "num_tokens": photo_tokens,

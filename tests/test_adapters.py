@@ -105,7 +105,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(name):
         model = apply_turbo(build(name), TurboConfig(r=[8, 4, 4, 4]))
         model.train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
         loss = model(**inputs(name), labels=torch.tensor([0, 1])).loss
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
