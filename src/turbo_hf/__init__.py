@@ -6,13 +6,22 @@ from .calibration import CalibrationResult, calibrate
 from .patching import apply_turbo, get_turbo_config, is_turbo_applied, remove_turbo, turbo, turbo_plan
 from .real_weights import fetch_real_weights
 from .registry import supported_classes
-from . import adapter_clip, adapter_dinov2, adapter_siglip, adapter_vit  # noqa: F401  (each registers its family)
+from .adapter_clip import *  # noqa: F401,F403
+from .adapter_dinov2 import *  # noqa: F401,F403
+from .adapter_siglip import *  # noqa: F401,F403
+from .adapter_vit import TurboViTConfig, TurboViTForImageClassification, TurboViTModel
+from .auto_classes import register_auto_classes
+
+register_auto_classes()
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CalibrationResult",
     "TurboConfig",
+    "TurboViTConfig",
+    "TurboViTForImageClassification",
+    "TurboViTModel",
     "apply_turbo",
     "calibrate",
     "fetch_real_weights",

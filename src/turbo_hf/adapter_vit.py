@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.vit.configuration_vit import ViTConfig
 from transformers.models.vit.modeling_vit import (
     ViTAttention,
     ViTForImageClassification,
@@ -14,8 +15,19 @@ from transformers.models.vit.modeling_vit import (
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from .configuration_turbo import TurboConfig
+from .hub_export import TurboHubMixin
+from .patching import apply_turbo
 from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import LayerStep, TurboModelOutputWithPooling, projected_attention, run_layers
+
+
+class TurboViTConfig(ViTConfig):
+    """`ViTConfig` with a `turbo_config` (`TurboConfig`) that travels inside `config.json`."""
+
+    model_type = "turbo_vit"
+    sub_configs_defaults = {"turbo_config": TurboConfig}
+    turbo_config: dict | TurboConfig | None = None
 
 
 class TurboViTAttention(ViTAttention):
@@ -52,8 +64,26 @@ class TurboViTLayer(ViTLayer):
         return hidden_states, size, source
 
 
-class TurboViTModel(ViTModel):
-    """`ViTModel` whose layers merge tokens with Turbo; the output also carries `token_sizes`/`token_source`."""
+class TurboViTModel(TurboHubMixin, ViTModel):
+    """`ViTModel` whose layers merge tokens with Turbo; the output also carries `token_sizes`/`token_source`.
+
+    Example:
+
+    ```python
+    >>> from turbo_hf import TurboConfig, TurboViTConfig, TurboViTModel
+    >>> config = TurboViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    ...                         image_size=32, patch_size=8, turbo_config=TurboConfig(r=2))
+    >>> TurboViTModel(config).turbo_runtime.schedule(17)
+    [2, 2]
+    ```
+    """
+
+    config_class = TurboViTConfig
+    _no_split_modules = ["ViTEmbeddings", "TurboViTLayer"]
+
+    def __init__(self, config: ViTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
+        super().__init__(config, add_pooling_layer=add_pooling_layer, use_mask_token=use_mask_token)
+        apply_turbo(self, getattr(config, "turbo_config", None))
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
@@ -84,14 +114,35 @@ class TurboViTModel(ViTModel):
         )
 
 
+class TurboViTForImageClassification(TurboHubMixin, ViTForImageClassification):
+    """`ViTForImageClassification` with Turbo in its encoder (the head reads [CLS], which never merges)."""
+
+    config_class = TurboViTConfig
+    _no_split_modules = ["ViTEmbeddings", "TurboViTLayer"]
+
+    def __init__(self, config: ViTConfig):
+        super().__init__(config)
+        apply_turbo(self, getattr(config, "turbo_config", None))
+
+
+AUTO_CLASSES = {"AutoModel": TurboViTModel, "AutoModelForImageClassification": TurboViTForImageClassification}
+TurboViTModel.turbo_auto_classes = TurboViTForImageClassification.turbo_auto_classes = AUTO_CLASSES
+
 register_adapter(
     FamilyAdapter(
         name="vit",
         model_classes=(ViTModel, ViTForImageClassification),
         vision_models=lambda model: [model if isinstance(model, ViTModel) else model.vit],
         layers=lambda vision: vision.layers,
-        class_map={ViTModel: TurboViTModel, ViTLayer: TurboViTLayer, ViTAttention: TurboViTAttention},
+        class_map={
+            ViTForImageClassification: TurboViTForImageClassification,
+            ViTModel: TurboViTModel,
+            ViTLayer: TurboViTLayer,
+            ViTAttention: TurboViTAttention,
+        },
         attention_attr="attention",
         mlp_attr="mlp",
+        config_class=TurboViTConfig,
+        auto_classes=AUTO_CLASSES,
     )
 )

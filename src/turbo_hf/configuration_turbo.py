@@ -170,4 +170,19 @@ class TurboConfig(PreTrainedConfig):
         }
 
 
-__all__ = ["TurboConfig", "MODES", "REDUCTIONS", "SCHEDULES", "ALPHA_SCALES"]
+def as_turbo_config(value: TurboConfig | dict | None) -> TurboConfig:
+    """A `TurboConfig` from a config, a dict of its fields, or None (no reduction).
+
+    Duck-typed on purpose: a `TurboConfig` loaded through Hub remote code is another class object.
+    """
+    if value is None:
+        return TurboConfig()
+    if isinstance(value, dict):
+        settings = {k: v for k, v in value.items() if k in TurboConfig.__annotations__}
+        return TurboConfig(**settings)
+    if hasattr(value, "settings") and hasattr(value, "removes_tokens"):
+        return value if isinstance(value, TurboConfig) else TurboConfig(**value.settings())
+    raise ValueError(f"`turbo_config` must be a TurboConfig, a dict or None, got {type(value).__name__}.")
+
+
+__all__ = ["TurboConfig", "as_turbo_config", "MODES", "REDUCTIONS", "SCHEDULES", "ALPHA_SCALES"]

@@ -10,7 +10,7 @@ from torch import nn
 from transformers.utils import logging
 from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
 
-from .configuration_turbo import TurboConfig
+from .configuration_turbo import TurboConfig, as_turbo_config
 from .registry import FamilyAdapter, find_adapter
 from .schedules import LayerCost, flops_fraction, token_counts
 from .turbo_encoder import TurboRuntime
@@ -123,7 +123,8 @@ def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -
 
     Args:
         model: a supported model (`turbo_hf.supported_classes()` lists them).
-        config: the settings; or give them as keyword arguments (`apply_turbo(model, r=16)`).
+        config: the settings (a `TurboConfig` or a dict of its fields); or give them as keyword arguments
+            (`apply_turbo(model, r=16)`).
 
     Returns:
         The same model object.
@@ -144,8 +145,8 @@ def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -
         config = TurboConfig(**kwargs)
     elif kwargs:
         raise ValueError("Pass either a `config` or keyword settings to `apply_turbo`, not both.")
-    elif not isinstance(config, TurboConfig):
-        raise ValueError(f"`config` must be a TurboConfig, got {type(config).__name__}.")
+    else:
+        config = as_turbo_config(config)
     adapter = find_adapter(model)
     if is_turbo_applied(model):
         remove_turbo(model)
@@ -153,16 +154,19 @@ def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -
 
     vision_models = adapter.vision_models(model)
     targets = [model] + [m for vision in vision_models for m in vision.modules()]
+    stock_of = {turbo_class: stock_class for stock_class, turbo_class in adapter.class_map.items()}
     swapped, seen = [], set()
     for module in targets:
-        turbo_class = adapter.class_map.get(type(module))
+        stock_class = stock_of.get(type(module), type(module))
+        turbo_class = adapter.class_map.get(stock_class)
         if turbo_class is None or id(module) in seen:
             continue
         seen.add(id(module))
-        swapped.append((module, type(module)))
-        module.__class__ = turbo_class
-        if hasattr(module, "_can_record_outputs"):
-            _CAN_RECORD_REGISTRY[module] = module._can_record_outputs
+        swapped.append((module, stock_class))
+        if type(module) is not turbo_class:
+            module.__class__ = turbo_class
+            if hasattr(module, "_can_record_outputs"):
+                _CAN_RECORD_REGISTRY[module] = module._can_record_outputs
     for vision, runtime in zip(vision_models, runtimes):
         vision.turbo_runtime = runtime
     model._turbo_patch = TurboPatch(config=config, adapter=adapter, swapped=swapped, vision_models=vision_models)

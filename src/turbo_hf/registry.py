@@ -6,6 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torch import nn
+from transformers.conversion_mapping import (
+    get_checkpoint_conversion_mapping,
+    register_checkpoint_conversion_mapping,
+)
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,8 @@ class FamilyAdapter:
         protect_first: whether token 0 is a [CLS] token that never merges.
         summary_query: `"cls"` or `"mean"`: which query gives the semantic value.
         tokens_for_config: the default number of tokens of a vision module, from its config.
+        config_class: the family's Turbo config class (distinct `model_type`), for the Auto classes.
+        auto_classes: Auto class name -> the family's public Turbo model class.
     """
 
     name: str
@@ -35,7 +41,9 @@ class FamilyAdapter:
     mlp_attr: str
     protect_first: bool = True
     summary_query: str = "cls"
-    tokens_for_config: Callable[[object], int] = field(default=None)
+    tokens_for_config: Callable[[object], int] | None = None
+    config_class: type | None = None
+    auto_classes: dict[str, type] = field(default_factory=dict)
 
     def default_tokens(self, config) -> int:
         """Tokens the encoder sees at the config's image size ([CLS] included when there is one)."""
@@ -50,10 +58,32 @@ class FamilyAdapter:
 _ADAPTERS: list[FamilyAdapter] = []
 
 
+def _share_weight_conversions(adapter: FamilyAdapter) -> None:
+    """Let Turbo classes load checkpoints exactly like their stock classes.
+
+    Transformers renames old checkpoint keys with conversions looked up by class name or `model_type`;
+    the Turbo names get the stock ones (registered explicitly, so they also apply under remote code).
+    """
+    pairs = [(stock.__name__, turbo.__name__) for stock, turbo in adapter.class_map.items()]
+    if adapter.config_class is not None:
+        stock_config = next(base for base in adapter.config_class.__mro__[1:] if getattr(base, "model_type", ""))
+        pairs.append((stock_config.model_type, adapter.config_class.model_type))
+    for stock_name, turbo_name in pairs:
+        conversions = get_checkpoint_conversion_mapping(stock_name)
+        if conversions is not None:
+            register_checkpoint_conversion_mapping(turbo_name, conversions, overwrite=True)
+
+
 def register_adapter(adapter: FamilyAdapter) -> FamilyAdapter:
     """Add a family adapter (a new family is one module that calls this)."""
     _ADAPTERS.append(adapter)
+    _share_weight_conversions(adapter)
     return adapter
+
+
+def registered_adapters() -> list[FamilyAdapter]:
+    """Every registered family adapter."""
+    return list(_ADAPTERS)
 
 
 def supported_classes() -> list[str]:
@@ -71,4 +101,4 @@ def find_adapter(model: nn.Module) -> FamilyAdapter:
     )
 
 
-__all__ = ["FamilyAdapter", "find_adapter", "register_adapter", "supported_classes"]
+__all__ = ["FamilyAdapter", "find_adapter", "register_adapter", "registered_adapters", "supported_classes"]

@@ -1,0 +1,151 @@
+"""Self-contained Hub folders: `save_pretrained` of a Turbo class writes weights, a `config.json` with an
+`auto_map` for every Auto class that fits, the flat remote-code files, and a model card."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from transformers.utils import logging
+
+from .configuration_turbo import as_turbo_config
+
+logger = logging.get_logger(__name__)
+
+_RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.([A-Za-z_][A-Za-z0-9_]*)\s+import\s", re.MULTILINE)
+
+
+def remote_code_files(module_file: str | os.PathLike) -> list[Path]:
+    """A module file and every flat sibling it imports with `from .x import y`, transitively."""
+    start = Path(module_file)
+    found: dict[str, Path] = {}
+    pending = [start]
+    while pending:
+        path = pending.pop()
+        if path.name in found:
+            continue
+        found[path.name] = path
+        for name in _RELATIVE_IMPORT.findall(path.read_text()):
+            sibling = start.parent / f"{name}.py"
+            if not sibling.exists():
+                raise FileNotFoundError(f"{path.name} imports .{name}, which is not a flat sibling module.")
+            pending.append(sibling)
+    return sorted(found.values())
+
+
+def _looks_like_hub_id(name: str | None) -> bool:
+    return bool(name) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
+
+
+def model_card(
+    model_class_name: str,
+    config,
+    *,
+    auto_class: str = "AutoModel",
+    base_model: str | None = None,
+    license: str | None = None,
+    results_markdown: str | None = None,
+) -> str:
+    """A model card (README.md) with YAML metadata, how to load the model, its Turbo settings and results."""
+    turbo = as_turbo_config(getattr(config, "turbo_config", None))
+    base_model = base_model if base_model is not None else getattr(config, "_name_or_path", None)
+    metadata = ["---", "library_name: transformers"]
+    if _looks_like_hub_id(base_model):
+        metadata.append(f"base_model: {base_model}")
+    metadata.append(f"license: {license or 'other'}")
+    metadata += ["tags:", "- turbo", "- token-merging", "- turbo-hf", f"- {type(config).model_type}", "---", ""]
+    settings = "\n".join(f"| `{name}` | `{value}` |" for name, value in turbo.settings().items())
+    lines = metadata + [
+        f"# {model_class_name} with Turbo token merging",
+        "",
+        "This folder holds a stock Hugging Face Transformers checkpoint whose encoder merges redundant tokens",
+        "with Turbo (Ju et al., ECCV 2024): no retraining, the same weights, fewer tokens per layer.",
+        f"Base model: `{base_model}`." if base_model else "",
+        "",
+        "## Load it",
+        "",
+        "```python",
+        "import turbo_hf  # registers the Turbo classes with the Auto classes (pip install turbo-hf)",
+        "from transformers import " + auto_class,
+        f"model = {auto_class}.from_pretrained(\"PATH_OR_REPO\")",
+        "```",
+        "",
+        "Without `turbo_hf` installed, the folder carries its own code:",
+        "",
+        "```python",
+        f"model = {auto_class}.from_pretrained(\"PATH_OR_REPO\", trust_remote_code=True)",
+        "```",
+        "",
+        "Loading it with the stock class instead ignores the Turbo settings (Transformers warns about the",
+        f"`{type(config).model_type}` model type).",
+        "",
+        "## Turbo settings",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        settings,
+        "",
+    ]
+    if results_markdown:
+        lines += ["## Measured speed and quality", "", results_markdown.strip(), ""]
+    return "\n".join(lines)
+
+
+def write_hub_folder(model, save_directory: str | os.PathLike, card: dict | None = None) -> None:
+    """Complete a folder that `save_pretrained` wrote: `auto_map`, remote-code files and the model card."""
+    folder = Path(save_directory)
+    auto_classes = dict(getattr(type(model), "turbo_auto_classes", {}))
+    config_class = type(model.config)
+    module_file = Path(sys.modules[type(model).__module__].__file__)
+    module = module_file.stem
+    auto_map = {"AutoConfig": f"{module}.{config_class.__name__}"}
+    auto_map.update({auto: f"{module}.{cls.__name__}" for auto, cls in auto_classes.items()})
+    config_path = folder / "config.json"
+    config_dict = json.loads(config_path.read_text())
+    config_dict["auto_map"] = auto_map
+    config_path.write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+    for path in remote_code_files(module_file):
+        shutil.copyfile(path, folder / path.name)
+    model.config.auto_map = auto_map
+    main_auto_class = next((auto for auto, cls in auto_classes.items() if cls is type(model)), "AutoModel")
+    card = card or {}
+    (folder / "README.md").write_text(model_card(type(model).__name__, model.config, auto_class=main_auto_class, **card))
+
+
+class TurboHubMixin:
+    """Gives Turbo model classes a `save_pretrained` that writes a self-contained Hub folder.
+
+    Example:
+
+    ```python
+    >>> from turbo_hf import TurboConfig, TurboViTModel  # doctest: +SKIP
+    >>> model = TurboViTModel.from_pretrained("google/vit-base-patch16-224-in21k",
+    ...                                       turbo_config=TurboConfig(r=8))  # doctest: +SKIP
+    >>> model.save_pretrained("vit-base-turbo")  # doctest: +SKIP
+    ```
+    """
+
+    turbo_auto_classes: dict = {}
+
+    def save_pretrained(self, save_directory, *args, model_card: dict | None = None, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus `auto_map`, remote code and a model card.
+
+        Args:
+            model_card: optional `base_model`, `license` and `results_markdown` for the model card.
+        """
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if not str(getattr(type(self.config), "model_type", "")).startswith("turbo_"):
+            logger.warning(
+                f"{type(self).__name__} has a stock `{type(self.config).model_type}` config: the folder is a stock checkpoint "
+                "and does not keep the Turbo settings. Build the model from a Turbo class to publish them."
+            )
+            return result
+        write_hub_folder(self, save_directory, model_card)
+        return result
+
+
+__all__ = ["TurboHubMixin", "model_card", "remote_code_files", "write_hub_folder"]
