@@ -6,9 +6,22 @@ from .calibration import CalibrationResult, calibrate
 from .patching import apply_turbo, get_turbo_config, is_turbo_applied, remove_turbo, turbo, turbo_plan
 from .real_weights import fetch_real_weights
 from .registry import supported_classes
-from .adapter_clip import *  # noqa: F401,F403
-from .adapter_dinov2 import *  # noqa: F401,F403
-from .adapter_siglip import *  # noqa: F401,F403
+from .adapter_clip import (
+    TurboCLIPConfig,
+    TurboCLIPForImageClassification,
+    TurboCLIPModel,
+    TurboCLIPVisionConfig,
+    TurboCLIPVisionModel,
+    TurboCLIPVisionModelWithProjection,
+)
+from .adapter_dinov2 import TurboDinov2Config, TurboDinov2ForImageClassification, TurboDinov2Model
+from .adapter_siglip import (
+    TurboSiglipConfig,
+    TurboSiglipForImageClassification,
+    TurboSiglipModel,
+    TurboSiglipVisionConfig,
+    TurboSiglipVisionModel,
+)
 from .adapter_vit import TurboViTConfig, TurboViTForImageClassification, TurboViTModel
 from .auto_classes import register_auto_classes
 
@@ -19,6 +32,20 @@ __version__ = "0.1.0"
 __all__ = [
     "CalibrationResult",
     "TurboConfig",
+    "TurboCLIPConfig",
+    "TurboCLIPForImageClassification",
+    "TurboCLIPModel",
+    "TurboCLIPVisionConfig",
+    "TurboCLIPVisionModel",
+    "TurboCLIPVisionModelWithProjection",
+    "TurboDinov2Config",
+    "TurboDinov2ForImageClassification",
+    "TurboDinov2Model",
+    "TurboSiglipConfig",
+    "TurboSiglipForImageClassification",
+    "TurboSiglipModel",
+    "TurboSiglipVisionConfig",
+    "TurboSiglipVisionModel",
     "TurboViTConfig",
     "TurboViTForImageClassification",
     "TurboViTModel",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.models.clip.configuration_clip import CLIPConfig, CLIPVisionConfig
 from transformers.models.clip.modeling_clip import (
     CLIPAttention,
     CLIPEncoderLayer,
@@ -18,9 +19,28 @@ from transformers.models.clip.modeling_clip import (
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from .configuration_turbo import TurboConfig
+from .hub_export import TurboHubMixin
 from .merging import unmerge
+from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import LayerStep, TurboModelOutputWithPooling, projected_attention, run_layers
+
+
+class TurboCLIPConfig(CLIPConfig):
+    """`CLIPConfig` with a `turbo_config` (`TurboConfig`, for the vision tower) inside `config.json`."""
+
+    model_type = "turbo_clip"
+    sub_configs_defaults = {**CLIPConfig.sub_configs_defaults, "turbo_config": TurboConfig}
+    turbo_config: dict | TurboConfig | None = None
+
+
+class TurboCLIPVisionConfig(CLIPVisionConfig):
+    """`CLIPVisionConfig` with a `turbo_config` (`TurboConfig`) inside `config.json`."""
+
+    model_type = "turbo_clip_vision_model"
+    sub_configs_defaults = {"turbo_config": TurboConfig}
+    turbo_config: dict | TurboConfig | None = None
 
 
 class TurboCLIPAttention(CLIPAttention):
@@ -59,8 +79,15 @@ class TurboCLIPEncoderLayer(CLIPEncoderLayer):
     forward = pre_norm_layer_forward
 
 
-class TurboCLIPVisionModel(CLIPVisionModel):
+class TurboCLIPVisionModel(TurboHubMixin, CLIPVisionModel):
     """`CLIPVisionModel` whose layers merge tokens with Turbo; the output also carries token sizes and sources."""
+
+    config_class = TurboCLIPVisionConfig
+    _no_split_modules = ["CLIPVisionEmbeddings", "TurboCLIPEncoderLayer"]
+
+    def __init__(self, config: CLIPVisionConfig):
+        super().__init__(config)
+        apply_turbo_from_config(self)
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
@@ -76,8 +103,50 @@ class TurboCLIPVisionModel(CLIPVisionModel):
         )
 
 
-class TurboCLIPForImageClassification(CLIPForImageClassification):
+class TurboCLIPModel(TurboHubMixin, CLIPModel):
+    """`CLIPModel` with Turbo in its vision tower; the text tower is the stock one.
+
+    Example:
+
+    ```python
+    >>> from turbo_hf import TurboCLIPConfig, TurboCLIPModel, TurboConfig
+    >>> tower = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    >>> config = TurboCLIPConfig(text_config=dict(vocab_size=99, **tower),
+    ...                          vision_config=dict(image_size=32, patch_size=8, **tower), projection_dim=16,
+    ...                          turbo_config=TurboConfig(r=2))
+    >>> TurboCLIPModel(config).vision_model.turbo_runtime.schedule(17)
+    [2, 2]
+    ```
+    """
+
+    config_class = TurboCLIPConfig
+    _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings", "TurboCLIPEncoderLayer"]
+
+    def __init__(self, config: CLIPConfig):
+        super().__init__(config)
+        apply_turbo_from_config(self)
+
+
+class TurboCLIPVisionModelWithProjection(TurboHubMixin, CLIPVisionModelWithProjection):
+    """`CLIPVisionModelWithProjection` with Turbo in its vision tower."""
+
+    config_class = TurboCLIPVisionConfig
+    _no_split_modules = ["CLIPVisionEmbeddings", "TurboCLIPEncoderLayer"]
+
+    def __init__(self, config: CLIPVisionConfig):
+        super().__init__(config)
+        apply_turbo_from_config(self)
+
+
+class TurboCLIPForImageClassification(TurboHubMixin, CLIPForImageClassification):
     """The stock head on the patch mean, taken over the unmerged patches (a size-weighted mean)."""
+
+    config_class = TurboCLIPConfig
+    _no_split_modules = ["CLIPVisionEmbeddings", "TurboCLIPEncoderLayer"]
+
+    def __init__(self, config: CLIPConfig):
+        super().__init__(config)
+        apply_turbo_from_config(self)
 
     def forward(self, pixel_values=None, labels=None, **kwargs) -> ImageClassifierOutput:
         outputs = self.vision_model(pixel_values, **kwargs)
@@ -91,6 +160,16 @@ class TurboCLIPForImageClassification(CLIPForImageClassification):
         )
 
 
+CLIP_AUTO_CLASSES = {
+    "AutoModel": TurboCLIPModel,
+    "AutoModelForZeroShotImageClassification": TurboCLIPModel,
+    "AutoModelForImageClassification": TurboCLIPForImageClassification,
+}
+VISION_AUTO_CLASSES = {"AutoModel": TurboCLIPVisionModel}
+TurboCLIPModel.turbo_auto_classes = TurboCLIPForImageClassification.turbo_auto_classes = CLIP_AUTO_CLASSES
+TurboCLIPVisionModel.turbo_auto_classes = VISION_AUTO_CLASSES
+TurboCLIPVisionModelWithProjection.turbo_auto_classes = {"AutoModel": TurboCLIPVisionModelWithProjection}
+
 register_adapter(
     FamilyAdapter(
         name="clip",
@@ -98,6 +177,8 @@ register_adapter(
         vision_models=lambda model: [model if isinstance(model, CLIPVisionModel) else model.vision_model],
         layers=lambda vision: vision.encoder.layers,
         class_map={
+            CLIPModel: TurboCLIPModel,
+            CLIPVisionModelWithProjection: TurboCLIPVisionModelWithProjection,
             CLIPForImageClassification: TurboCLIPForImageClassification,
             CLIPVisionModel: TurboCLIPVisionModel,
             CLIPEncoderLayer: TurboCLIPEncoderLayer,
@@ -105,5 +186,6 @@ register_adapter(
         },
         attention_attr="self_attn",
         mlp_attr="mlp",
+        hub_classes={TurboCLIPConfig: CLIP_AUTO_CLASSES, TurboCLIPVisionConfig: VISION_AUTO_CLASSES},
     )
 )

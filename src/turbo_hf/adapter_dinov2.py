@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.models.dinov2.configuration_dinov2 import Dinov2Config
 from transformers.models.dinov2.modeling_dinov2 import (
     Dinov2Attention,
     Dinov2ForImageClassification,
@@ -15,9 +16,20 @@ from transformers.models.dinov2.modeling_dinov2 import (
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from .configuration_turbo import TurboConfig
+from .hub_export import TurboHubMixin
 from .merging import unmerge
+from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import LayerStep, TurboModelOutputWithPooling, projected_attention, run_layers
+
+
+class TurboDinov2Config(Dinov2Config):
+    """`Dinov2Config` with a `turbo_config` (`TurboConfig`) that travels inside `config.json`."""
+
+    model_type = "turbo_dinov2"
+    sub_configs_defaults = {"turbo_config": TurboConfig}
+    turbo_config: dict | TurboConfig | None = None
 
 
 class TurboDinov2Attention(Dinov2Attention):
@@ -56,8 +68,26 @@ class TurboDinov2Layer(Dinov2Layer):
         return hidden_states, size, source
 
 
-class TurboDinov2Model(Dinov2Model):
-    """`Dinov2Model` whose layers merge tokens with Turbo; the output also carries `token_sizes`/`token_source`."""
+class TurboDinov2Model(TurboHubMixin, Dinov2Model):
+    """`Dinov2Model` whose layers merge tokens with Turbo; the output also carries `token_sizes`/`token_source`.
+
+    Example:
+
+    ```python
+    >>> from turbo_hf import TurboConfig, TurboDinov2Config, TurboDinov2Model
+    >>> config = TurboDinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=28,
+    ...                            patch_size=7, turbo_config=TurboConfig(r=3))
+    >>> TurboDinov2Model(config).turbo_runtime.schedule(17)
+    [3, 3]
+    ```
+    """
+
+    config_class = TurboDinov2Config
+    _no_split_modules = ["Dinov2Embeddings", "TurboDinov2Layer"]
+
+    def __init__(self, config: Dinov2Config):
+        super().__init__(config)
+        apply_turbo_from_config(self)
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
@@ -84,8 +114,15 @@ class TurboDinov2Model(Dinov2Model):
         )
 
 
-class TurboDinov2ForImageClassification(Dinov2ForImageClassification):
+class TurboDinov2ForImageClassification(TurboHubMixin, Dinov2ForImageClassification):
     """The stock head on [CLS] and the patch mean, taken over the unmerged patches (a size-weighted mean)."""
+
+    config_class = TurboDinov2Config
+    _no_split_modules = ["Dinov2Embeddings", "TurboDinov2Layer"]
+
+    def __init__(self, config: Dinov2Config):
+        super().__init__(config)
+        apply_turbo_from_config(self)
 
     def forward(self, pixel_values=None, labels=None, attention_mask=None, **kwargs) -> ImageClassifierOutput:
         outputs = self.dinov2(pixel_values, attention_mask=attention_mask, **kwargs)
@@ -99,6 +136,9 @@ class TurboDinov2ForImageClassification(Dinov2ForImageClassification):
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
 
+
+AUTO_CLASSES = {"AutoModel": TurboDinov2Model, "AutoModelForImageClassification": TurboDinov2ForImageClassification}
+TurboDinov2Model.turbo_auto_classes = TurboDinov2ForImageClassification.turbo_auto_classes = AUTO_CLASSES
 
 register_adapter(
     FamilyAdapter(
@@ -114,5 +154,6 @@ register_adapter(
         },
         attention_attr="attention",
         mlp_attr="mlp",
+        hub_classes={TurboDinov2Config: AUTO_CLASSES},
     )
 )

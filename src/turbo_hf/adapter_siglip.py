@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.models.siglip.configuration_siglip import SiglipConfig, SiglipVisionConfig
 from transformers.models.siglip.modeling_siglip import (
     SiglipAttention,
     SiglipEncoderLayer,
@@ -23,9 +24,28 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .adapter_clip import pre_norm_layer_forward
+from .configuration_turbo import TurboConfig
+from .hub_export import TurboHubMixin
 from .merging import proportional_bias, unmerge
+from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import TurboModelOutputWithPooling, projected_attention, run_layers
+
+
+class TurboSiglipConfig(SiglipConfig):
+    """`SiglipConfig` with a `turbo_config` (`TurboConfig`, for the vision tower) inside `config.json`."""
+
+    model_type = "turbo_siglip"
+    sub_configs_defaults = {**SiglipConfig.sub_configs_defaults, "turbo_config": TurboConfig}
+    turbo_config: dict | TurboConfig | None = None
+
+
+class TurboSiglipVisionConfig(SiglipVisionConfig):
+    """`SiglipVisionConfig` with a `turbo_config` (`TurboConfig`) inside `config.json`."""
+
+    model_type = "turbo_siglip_vision_model"
+    sub_configs_defaults = {"turbo_config": TurboConfig}
+    turbo_config: dict | TurboConfig | None = None
 
 
 class TurboSiglipAttention(SiglipAttention):
@@ -63,8 +83,15 @@ class TurboSiglipMultiheadAttentionPoolingHead(SiglipMultiheadAttentionPoolingHe
         return hidden_state[:, 0]
 
 
-class TurboSiglipVisionModel(SiglipVisionModel):
+class TurboSiglipVisionModel(TurboHubMixin, SiglipVisionModel):
     """`SiglipVisionModel` whose layers merge tokens with Turbo; the output also carries token sizes and sources."""
+
+    config_class = TurboSiglipVisionConfig
+    _no_split_modules = ["SiglipVisionEmbeddings", "TurboSiglipEncoderLayer", "TurboSiglipMultiheadAttentionPoolingHead"]
+
+    def __init__(self, config: SiglipVisionConfig):
+        super().__init__(config)
+        apply_turbo_from_config(self)
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
@@ -82,8 +109,26 @@ class TurboSiglipVisionModel(SiglipVisionModel):
         )
 
 
-class TurboSiglipForImageClassification(SiglipForImageClassification):
+class TurboSiglipModel(TurboHubMixin, SiglipModel):
+    """`SiglipModel` with Turbo in its vision tower; the text tower is the stock one."""
+
+    config_class = TurboSiglipConfig
+    _no_split_modules = ["SiglipTextEmbeddings", "SiglipEncoderLayer", "SiglipVisionEmbeddings", "TurboSiglipEncoderLayer"]
+
+    def __init__(self, config: SiglipConfig):
+        super().__init__(config)
+        apply_turbo_from_config(self)
+
+
+class TurboSiglipForImageClassification(TurboHubMixin, SiglipForImageClassification):
     """The stock head on the token mean, taken over the unmerged tokens (a size-weighted mean)."""
+
+    config_class = TurboSiglipConfig
+    _no_split_modules = ["SiglipVisionEmbeddings", "TurboSiglipEncoderLayer"]
+
+    def __init__(self, config: SiglipConfig):
+        super().__init__(config)
+        apply_turbo_from_config(self)
 
     def forward(self, pixel_values=None, labels=None, interpolate_pos_encoding=False, **kwargs):
         outputs = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
@@ -97,6 +142,15 @@ class TurboSiglipForImageClassification(SiglipForImageClassification):
         )
 
 
+SIGLIP_AUTO_CLASSES = {
+    "AutoModel": TurboSiglipModel,
+    "AutoModelForZeroShotImageClassification": TurboSiglipModel,
+    "AutoModelForImageClassification": TurboSiglipForImageClassification,
+}
+VISION_AUTO_CLASSES = {"AutoModel": TurboSiglipVisionModel}
+TurboSiglipModel.turbo_auto_classes = TurboSiglipForImageClassification.turbo_auto_classes = SIGLIP_AUTO_CLASSES
+TurboSiglipVisionModel.turbo_auto_classes = VISION_AUTO_CLASSES
+
 register_adapter(
     FamilyAdapter(
         name="siglip",
@@ -104,6 +158,7 @@ register_adapter(
         vision_models=lambda model: [model if isinstance(model, SiglipVisionModel) else model.vision_model],
         layers=lambda vision: vision.encoder.layers,
         class_map={
+            SiglipModel: TurboSiglipModel,
             SiglipForImageClassification: TurboSiglipForImageClassification,
             SiglipVisionModel: TurboSiglipVisionModel,
             SiglipMultiheadAttentionPoolingHead: TurboSiglipMultiheadAttentionPoolingHead,
@@ -114,5 +169,6 @@ register_adapter(
         mlp_attr="mlp",
         protect_first=False,
         summary_query="mean",
+        hub_classes={TurboSiglipConfig: SIGLIP_AUTO_CLASSES, TurboSiglipVisionConfig: VISION_AUTO_CLASSES},
     )
 )

@@ -17,7 +17,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_turbo import TurboConfig
 from .hub_export import TurboHubMixin
-from .patching import apply_turbo
+from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import LayerStep, TurboModelOutputWithPooling, projected_attention, run_layers
 
@@ -83,7 +83,7 @@ class TurboViTModel(TurboHubMixin, ViTModel):
 
     def __init__(self, config: ViTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
         super().__init__(config, add_pooling_layer=add_pooling_layer, use_mask_token=use_mask_token)
-        apply_turbo(self, getattr(config, "turbo_config", None))
+        apply_turbo_from_config(self)
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
@@ -122,7 +122,7 @@ class TurboViTForImageClassification(TurboHubMixin, ViTForImageClassification):
 
     def __init__(self, config: ViTConfig):
         super().__init__(config)
-        apply_turbo(self, getattr(config, "turbo_config", None))
+        apply_turbo_from_config(self)
 
 
 AUTO_CLASSES = {"AutoModel": TurboViTModel, "AutoModelForImageClassification": TurboViTForImageClassification}
@@ -142,7 +142,6 @@ register_adapter(
         },
         attention_attr="attention",
         mlp_attr="mlp",
-        config_class=TurboViTConfig,
-        auto_classes=AUTO_CLASSES,
+        hub_classes={TurboViTConfig: AUTO_CLASSES},
     )
 )

@@ -11,12 +11,10 @@ from .registry import registered_adapters
 def register_auto_classes() -> None:
     """Register every family's Turbo config and model classes, so no remote code is needed to load them."""
     for adapter in registered_adapters():
-        if adapter.config_class is None:
-            continue
-        model_type = adapter.config_class.model_type
-        AutoConfig.register(model_type, adapter.config_class, exist_ok=True)
-        for auto_name, model_class in adapter.auto_classes.items():
-            getattr(transformers, auto_name).register(adapter.config_class, model_class, exist_ok=True)
+        for config_class, auto_classes in adapter.hub_classes.items():
+            AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+            for auto_name, model_class in auto_classes.items():
+                getattr(transformers, auto_name).register(config_class, model_class, exist_ok=True)
 
 
 __all__ = ["register_auto_classes"]

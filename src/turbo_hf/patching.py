@@ -174,6 +174,11 @@ def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -
     return model
 
 
+def apply_turbo_from_config(model: nn.Module) -> nn.Module:
+    """Patch a model with the `turbo_config` its own config carries (used by the public Turbo classes)."""
+    return apply_turbo(model, getattr(model.config, "turbo_config", None))
+
+
 def remove_turbo(model: nn.Module) -> nn.Module:
     """Undo `apply_turbo`: every patched module gets its stock class back.
 
@@ -222,4 +227,4 @@ def turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -> Iter
         remove_turbo(model)
 
 
-__all__ = ["apply_turbo", "get_turbo_config", "is_turbo_applied", "layer_cost", "remove_turbo", "turbo", "turbo_plan"]
+__all__ = ["apply_turbo", "apply_turbo_from_config", "get_turbo_config", "is_turbo_applied", "layer_cost", "remove_turbo", "turbo", "turbo_plan"]

@@ -28,8 +28,8 @@ class FamilyAdapter:
         protect_first: whether token 0 is a [CLS] token that never merges.
         summary_query: `"cls"` or `"mean"`: which query gives the semantic value.
         tokens_for_config: the default number of tokens of a vision module, from its config.
-        config_class: the family's Turbo config class (distinct `model_type`), for the Auto classes.
-        auto_classes: Auto class name -> the family's public Turbo model class.
+        hub_classes: for each Turbo config class of the family (distinct `model_type`), the Auto class
+            names and the public Turbo model classes registered for it.
     """
 
     name: str
@@ -42,8 +42,7 @@ class FamilyAdapter:
     protect_first: bool = True
     summary_query: str = "cls"
     tokens_for_config: Callable[[object], int] | None = None
-    config_class: type | None = None
-    auto_classes: dict[str, type] = field(default_factory=dict)
+    hub_classes: dict[type, dict[str, type]] = field(default_factory=dict)
 
     def default_tokens(self, config) -> int:
         """Tokens the encoder sees at the config's image size ([CLS] included when there is one)."""
@@ -65,9 +64,9 @@ def _share_weight_conversions(adapter: FamilyAdapter) -> None:
     the Turbo names get the stock ones (registered explicitly, so they also apply under remote code).
     """
     pairs = [(stock.__name__, turbo.__name__) for stock, turbo in adapter.class_map.items()]
-    if adapter.config_class is not None:
-        stock_config = next(base for base in adapter.config_class.__mro__[1:] if getattr(base, "model_type", ""))
-        pairs.append((stock_config.model_type, adapter.config_class.model_type))
+    for config_class in adapter.hub_classes:
+        stock_config = next(base for base in config_class.__mro__[1:] if getattr(base, "model_type", ""))
+        pairs.append((stock_config.model_type, config_class.model_type))
     for stock_name, turbo_name in pairs:
         conversions = get_checkpoint_conversion_mapping(stock_name)
         if conversions is not None:
