@@ -1,4 +1,4 @@
-"""The `turbo-hf` command line: `fetch`, `demo` and `calibrate`."""
+"""The `turbo-hf` command line: `fetch`, `demo`, `calibrate` and `export`."""
 
 from __future__ import annotations
 
@@ -104,6 +104,16 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    overrides = {name: value for name, value in (("r", args.r), ("flops_ratio", args.flops_ratio)) if value is not None}
+    results = Path(args.results).read_text() if args.results else None
+    out = export_model(args.base, args.preset, args.out, overrides=overrides, results_markdown=results)
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `turbo-hf`."""
     parser = argparse.ArgumentParser(prog="turbo-hf", description="Turbo token merging for Transformers models.")
@@ -132,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--image-size", type=int, default=None)
     calibrate.add_argument("--out", type=Path, default=Path("turbo_config.json"))
     calibrate.set_defaults(func=_cmd_calibrate)
+    export = commands.add_parser("export", help="a stock checkpoint + a preset -> a Turbo model folder for the Hub")
+    export.add_argument("--base", required=True, help="Hub id or local folder of the stock checkpoint")
+    export.add_argument("--preset", required=True, help="a preset name from configs/ or a preset JSON file")
+    export.add_argument("--out", required=True, type=Path)
+    budget = export.add_mutually_exclusive_group()
+    budget.add_argument("--r", type=_r_value, help="replace the preset's r")
+    budget.add_argument("--flops-ratio", type=float, help="replace the preset's r by a FLOP budget")
+    export.add_argument("--results", default=None, help="a markdown file of measured results for the model card")
+    export.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -49,6 +49,7 @@ def model_card(
     base_model: str | None = None,
     license: str | None = None,
     results_markdown: str | None = None,
+    sources: dict | None = None,
 ) -> str:
     """A model card (README.md) with YAML metadata, how to load the model, its Turbo settings and results."""
     turbo = as_turbo_config(getattr(config, "turbo_config", None))
@@ -90,6 +91,8 @@ def model_card(
         settings,
         "",
     ]
+    if sources:
+        lines += ["Where the settings come from:", ""] + [f"- `{k}`: {v}" for k, v in sources.items()] + [""]
     if results_markdown:
         lines += ["## Measured speed and quality", "", results_markdown.strip(), ""]
     return "\n".join(lines)
@@ -135,7 +138,7 @@ class TurboHubMixin:
         """`PreTrainedModel.save_pretrained`, plus `auto_map`, remote code and a model card.
 
         Args:
-            model_card: optional `base_model`, `license` and `results_markdown` for the model card.
+            model_card: optional `base_model`, `license`, `results_markdown` and `sources` for the model card.
         """
         result = super().save_pretrained(save_directory, *args, **kwargs)
         if not str(getattr(type(self.config), "model_type", "")).startswith("turbo_"):
