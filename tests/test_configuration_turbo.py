@@ -68,7 +68,7 @@ def test_defaults():
         "restore_output": False,
         "seed": 0,
     }
-    assert DEFAULT_ALPHA == 0.05
+    assert DEFAULT_ALPHA == 0.02  # chosen from the DINOv2 measurements (README)
     assert DEFAULT_ALPHA_SCALE == "length"
     assert config.removes_tokens is False
 

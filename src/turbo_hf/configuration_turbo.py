@@ -13,7 +13,7 @@ ALPHA_SCALES = ("length", "raw", "rank", "zscore")
 
 # Chosen from measurements on the real DINOv2-S/14 (see README, "Choosing alpha"): with the semantic value
 # normalised by its mean over the non-[CLS] tokens, a small weight keeps ToMe's quality at every length.
-DEFAULT_ALPHA = 0.05
+DEFAULT_ALPHA = 0.02
 DEFAULT_ALPHA_SCALE = "length"
 
 
@@ -51,7 +51,7 @@ class TurboConfig(PreTrainedConfig):
             `alpha=0`), `"semantic"` (semantic value only: the least attended go first) or `"random"` (seeded).
         reduction (`str`, defaults to `"merge"`):
             `"merge"` averages a removed token into its partner (weighted by size); `"prune"` drops it.
-        alpha (`float`, defaults to 0.05):
+        alpha (`float`, defaults to 0.02):
             Weight of the semantic value in the information degree. Its meaning depends on `alpha_scale`.
         alpha_scale (`str`, defaults to `"length"`):
             How `A` is put on the scale of `R`: `"length"` divides it by its mean over the non-[CLS] tokens
