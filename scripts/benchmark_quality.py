@@ -228,6 +228,7 @@ def main(argv=None) -> dict:  # noqa: C901 (a linear script)
         raise SystemExit(f"unknown settings {unknown}; known: {list(SETTINGS) + ['calibrated']}")
     watch = Stopwatch()
     model, folder = load_model(args.model, args.attn)
+    meta = metadata(folder, **vars(args))  # at the start: the load average describes the run's beginning
     print(f"torch threads: {torch.get_num_threads()}")
 
     # ---------------------------------------------------------------- (a) linear probe at the probe size
@@ -396,7 +397,6 @@ def main(argv=None) -> dict:  # noqa: C901 (a linear script)
 
     # ---------------------------------------------------------------- output
     runtime = watch.total()
-    meta = metadata(folder, **{k: v for k, v in vars(args).items()})
     meta["runtime_s"] = runtime
     meta["phases_s"] = watch.phases
 
@@ -474,7 +474,32 @@ def main(argv=None) -> dict:  # noqa: C901 (a linear script)
             + ", ".join(f"r={r}: {photo_result['speed_limit'][r]:.2f}x ({photo_result['final_tokens'][r]} final "
                         f"tokens)" for r in r_photo) + "."
         )
+        notes += (" The calibrated setting is calibrated at this size on the same 32 calibration sources "
+                  "(rendered at this size), none of them among these photos.")
         sections += ["## (b) [CLS] fidelity on photos", notes, photo_table]
+
+    # best Turbo variant per column, against ToMe
+    summary = []
+    turbo_names = [s for s in probe_rows if s.startswith("turbo-")]
+    if "tome" in probe_rows and turbo_names:
+        for name in data:
+            for r in args.r_probe:
+                best = max(turbo_names, key=lambda s: probe_rows[s][(name, r)]["accuracy"])
+                acc, tome = probe_rows[best][(name, r)]["accuracy"], probe_rows["tome"][(name, r)]["accuracy"]
+                ties = [s for s in turbo_names if probe_rows[s][(name, r)]["accuracy"] == acc]
+                summary.append(f"- {name} r={r}: best Turbo {', '.join(ties)} {100 * acc:.2f}% vs ToMe "
+                               f"{100 * tome:.2f}% ({100 * (acc - tome):+.2f} points, "
+                               f"{round((acc - tome) * n_test[name]):+d} test images of {n_test[name]})")
+    if photo_result and "tome" in photo_result["rows"]:
+        names = [s for s in photo_result["rows"] if s.startswith("turbo-")]
+        for r in photo_result["r"]:
+            if names:
+                best = max(names, key=lambda s: photo_result["rows"][s][r]["cos_pooler"])
+                cos, tome = photo_result["rows"][best][r]["cos_pooler"], photo_result["rows"]["tome"][r]["cos_pooler"]
+                summary.append(f"- photos r={r}: best Turbo {best} cos {cos:.4f} vs ToMe {tome:.4f} "
+                               f"({cos - tome:+.4f})")
+    if summary:
+        sections += ["## Best Turbo variant against ToMe", "\n".join(summary)]
 
     sections += ["## Run", metadata_markdown(meta) + f"\n- total runtime: {runtime:.0f} s; phases (s): "
                  + ", ".join(f"{k} {v:.0f}" for k, v in watch.phases.items())]

@@ -6,6 +6,7 @@ from .calibration import CalibrationResult, calibrate
 from .patching import apply_turbo, get_turbo_config, is_turbo_applied, remove_turbo, turbo, turbo_plan
 from .real_weights import fetch_real_weights
 from .registry import supported_classes
+from .adapter_bert import TurboBertConfig, TurboBertModel
 from .adapter_clip import (
     TurboCLIPConfig,
     TurboCLIPForImageClassification,
@@ -32,6 +33,8 @@ __version__ = "0.1.0"
 __all__ = [
     "CalibrationResult",
     "TurboConfig",
+    "TurboBertConfig",
+    "TurboBertModel",
     "TurboCLIPConfig",
     "TurboCLIPForImageClassification",
     "TurboCLIPModel",

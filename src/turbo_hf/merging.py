@@ -18,6 +18,10 @@ from dataclasses import dataclass
 import torch
 
 
+# below every real candidate's information degree, above the blocked ones (-inf)
+_FILLER_PRIORITY = -1e9
+
+
 @dataclass
 class MergePlan:
     """Which tokens leave and where they go, for one reduction step.
@@ -126,6 +130,9 @@ def bipartite_plan(
     alpha_scale: str = "length",
     protect_first: bool = True,
     generator: torch.Generator | None = None,
+    token_mask: torch.Tensor | None = None,
+    protected: torch.Tensor | None = None,
+    causal: bool = False,
 ) -> MergePlan:
     """Choose `r` tokens to remove and their partners with Turbo's bipartite soft matching.
 
@@ -133,6 +140,14 @@ def bipartite_plan(
     redundancy is its largest cosine similarity to B, its partner the argmax. The `r` A tokens with the
     highest priority leave: by information degree (`"turbo"`), redundancy (`"tome"`), lowest semantic value
     (`"semantic"`) or at random (`"random"`, drawn from `generator`).
+
+    For sequences with padding or order constraints (text), three optional constraints apply; with any of
+    them, fewer than `r` tokens may leave (the same number in every row: the most every row allows):
+
+    - `token_mask` (B, N) bool, True for real tokens: padding never pairs with a real token, and it leaves
+      only after all real candidates of its row (so a padded row merges its real tokens as it would alone);
+    - `protected` (B, N) bool: tokens that never leave (e.g. the token a head pools);
+    - `causal`: a token only merges into a later one, so no token ever holds content from its future.
 
     Example:
 
@@ -155,6 +170,12 @@ def bipartite_plan(
         return MergePlan(src_idx=empty, dst_idx=empty, keep_idx=positions, new_index=positions)
     metric_a, metric_b = metric[:, ::2], metric[:, 1::2]
     similarity = torch.matmul(metric_a, metric_b.transpose(-1, -2))
+    constrained = token_mask is not None or protected is not None or causal
+    if token_mask is not None:
+        similarity = similarity.masked_fill(token_mask[:, ::2, None] != token_mask[:, None, 1::2], -math.inf)
+    if causal:
+        positions = torch.arange(num_tokens, device=device)
+        similarity = similarity.masked_fill(positions[None, 1::2] < positions[::2, None], -math.inf)
     redundancy, partner = similarity.max(dim=-1)
 
     if mode == "tome":
@@ -169,7 +190,12 @@ def bipartite_plan(
             priority = -semantic_a
         else:
             start = 1 if protect_first else 0
-            semantic_mean = semantic[:, start:].mean(dim=-1, keepdim=True).to(redundancy.dtype)
+            if token_mask is None:
+                semantic_mean = semantic[:, start:].mean(dim=-1, keepdim=True).to(redundancy.dtype)
+            else:
+                real = token_mask[:, start:].to(semantic.dtype)
+                semantic_mean = ((semantic[:, start:] * real).sum(-1, keepdim=True) / real.sum(-1, keepdim=True))
+                semantic_mean = semantic_mean.clamp_min(1e-12).to(redundancy.dtype)
             candidates = slice(start, None)
             priority = redundancy.clone()
             priority[:, candidates] = information_degree(
@@ -178,6 +204,21 @@ def bipartite_plan(
     if protect_first:
         priority = priority.clone()
         priority[:, 0] = -math.inf
+    if constrained:
+        blocked = torch.isinf(redundancy)
+        filler = torch.zeros_like(blocked)
+        if token_mask is not None:
+            # padding with a padding partner fills the rows that run out of real candidates, after them
+            filler = ~token_mask[:, ::2] & ~blocked
+            blocked |= ~token_mask[:, ::2]
+        if protected is not None:
+            blocked |= protected[:, ::2]
+        if protect_first:
+            blocked[:, 0] = True
+        priority = priority.masked_fill(blocked, -math.inf).masked_fill(filler, _FILLER_PRIORITY)
+        r = min(r, int((~blocked | filler).sum(dim=-1).min()))
+        if r == 0:
+            return bipartite_plan(metric, 0)
 
     chosen = priority.topk(r, dim=-1).indices
     src_idx = chosen * 2

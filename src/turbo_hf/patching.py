@@ -34,13 +34,18 @@ def _linear_macs(module: nn.Module) -> int:
     return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
 
 
+def _submodules(layer: nn.Module, names: str | tuple[str, ...]) -> list[nn.Module]:
+    return [getattr(layer, name) for name in ((names,) if isinstance(names, str) else names)]
+
+
 def layer_cost(layer: nn.Module, adapter: FamilyAdapter) -> LayerCost:
     """Per-token MACs of a layer, counted from its Linear modules."""
-    attention = getattr(layer, adapter.attention_attr)
-    hidden = max(m.out_features for m in attention.modules() if isinstance(m, nn.Linear))
+    attention = _submodules(layer, adapter.attention_attr)
+    mlp = _submodules(layer, adapter.mlp_attr)
+    hidden = max(m.out_features for part in attention for m in part.modules() if isinstance(m, nn.Linear))
     return LayerCost(
-        attention_per_token=_linear_macs(attention),
-        mlp_per_token=_linear_macs(getattr(layer, adapter.mlp_attr)),
+        attention_per_token=sum(_linear_macs(part) for part in attention),
+        mlp_per_token=sum(_linear_macs(part) for part in mlp),
         hidden_size=hidden,
     )
 

@@ -23,8 +23,8 @@ class FamilyAdapter:
         layers: returns the `nn.ModuleList` of layers of such a module.
         class_map: stock class -> Turbo subclass, applied (by exact type) to the model itself, to the vision
             modules and to everything inside them; other modules (a text tower) are never touched.
-        attention_attr: name of the attention module inside a layer (for FLOP budgets).
-        mlp_attr: name of the MLP module inside a layer (for FLOP budgets).
+        attention_attr: name(s) of the attention module(s) inside a layer (for FLOP budgets).
+        mlp_attr: name(s) of the MLP module(s) inside a layer (for FLOP budgets).
         protect_first: whether token 0 is a [CLS] token that never merges.
         summary_query: `"cls"` or `"mean"`: which query gives the semantic value.
         tokens_for_config: the default number of tokens of a vision module, from its config.
@@ -37,8 +37,8 @@ class FamilyAdapter:
     vision_models: Callable[[nn.Module], list[nn.Module]]
     layers: Callable[[nn.Module], nn.ModuleList]
     class_map: dict[type, type]
-    attention_attr: str
-    mlp_attr: str
+    attention_attr: str | tuple[str, ...]
+    mlp_attr: str | tuple[str, ...]
     protect_first: bool = True
     summary_query: str = "cls"
     tokens_for_config: Callable[[object], int] | None = None

@@ -18,6 +18,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_turbo import TurboConfig
 from .merging import (
+    MergePlan,
     bipartite_plan,
     initial_source,
     key_metric,
@@ -69,11 +70,49 @@ class LayerStep:
             return proportional_bias(size, dtype)
         return None
 
-    def _summary(self, query: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    def _summary(
+        self, query: torch.Tensor, size: torch.Tensor, summary_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if summary_index is not None:
+            index = summary_index[:, None, None, None].expand(-1, query.shape[1], 1, query.shape[-1])
+            return query.gather(2, index)
         if self.summary_query == "cls":
             return query[:, :, :1]
         weights = size.to(query.dtype)[:, None]
         return (query * weights).sum(dim=2, keepdim=True) / weights.sum(dim=2, keepdim=True)
+
+    def plan(
+        self,
+        size: torch.Tensor,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        scaling: float,
+        bias: torch.Tensor | None,
+        **constraints,
+    ) -> MergePlan:
+        """The merge plan of this layer from its queries and keys (B, H, N, Dh).
+
+        `constraints` go to `bipartite_plan` (`token_mask`, `protected`, `causal`), except `summary_index`
+        (B,): the position of the summary token of each row when it is not token 0.
+        """
+        summary_index = constraints.pop("summary_index", None)
+        semantic = None
+        if self.mode in ("turbo", "semantic"):
+            semantic = semantic_value(self._summary(query, size, summary_index), keys, scaling, bias)
+        generator = None
+        if self.mode == "random":
+            generator = torch.Generator().manual_seed(self.seed * 10_007 + self.layer_idx)
+        return bipartite_plan(
+            key_metric(keys),
+            self.r,
+            mode=self.mode,
+            semantic=semantic,
+            alpha=self.alpha,
+            alpha_scale=self.alpha_scale,
+            protect_first=self.protect_first,
+            generator=generator,
+            **constraints,
+        )
 
     def reduce(
         self,
@@ -88,22 +127,7 @@ class LayerStep:
         """Remove `r` tokens from `hidden` (B, N, C), given the layer's queries and keys (B, H, N, Dh)."""
         if self.r == 0:
             return hidden, size, source
-        semantic = None
-        if self.mode in ("turbo", "semantic"):
-            semantic = semantic_value(self._summary(query, size), keys, scaling, bias)
-        generator = None
-        if self.mode == "random":
-            generator = torch.Generator().manual_seed(self.seed * 10_007 + self.layer_idx)
-        plan = bipartite_plan(
-            key_metric(keys),
-            self.r,
-            mode=self.mode,
-            semantic=semantic,
-            alpha=self.alpha,
-            alpha_scale=self.alpha_scale,
-            protect_first=self.protect_first,
-            generator=generator,
-        )
+        plan = self.plan(size, query, keys, scaling, bias)
         hidden, size = merge_tokens(hidden, size, plan, self.reduction)
         return hidden, size, update_source(source, plan)
 

@@ -1,0 +1,199 @@
+"""Turbo for BERT-style text encoders (`BertModel`, e.g. sentence-transformers' MiniLM).
+
+[CLS] (position 0) is protected and gives the semantic value; padding never merges. The output carries
+`token_sizes`, `token_source` and `token_mask`; `turbo_hf.unmerge(last_hidden_state, token_source)` with the
+input attention mask gives the exact size-weighted version of mean pooling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
+from transformers.models.bert.configuration_bert import BertConfig
+from transformers.models.bert.modeling_bert import (
+    BertAttention,
+    BertLayer,
+    BertModel,
+    BertSelfAttention,
+    eager_attention_forward,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.pytorch_utils import apply_chunking_to_forward
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_turbo import TurboConfig
+from .hub_export import TurboHubMixin
+from .patching import apply_turbo_from_config
+from .registry import FamilyAdapter, register_adapter
+from .turbo_encoder import LayerStep
+from .turbo_text import reduce_text, run_text_layers, text_attention_bias
+
+
+@dataclass
+class TurboTextModelOutput(BaseModelOutputWithPoolingAndCrossAttentions):
+    """`BaseModelOutputWithPoolingAndCrossAttentions` plus what Turbo merged.
+
+    Args:
+        token_sizes (`torch.Tensor` of shape `(batch_size, sequence_length, 1)`): input tokens per output token.
+        token_source (`torch.Tensor` of shape `(batch_size, input_length)`): output index holding each input token.
+        token_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`): True for output tokens that are not padding.
+    """
+
+    token_sizes: torch.Tensor | None = None
+    token_source: torch.Tensor | None = None
+    token_mask: torch.Tensor | None = None
+
+
+class TurboBertConfig(BertConfig):
+    """`BertConfig` with a `turbo_config` (`TurboConfig`) that travels inside `config.json`."""
+
+    model_type = "turbo_bert"
+    sub_configs_defaults = {"turbo_config": TurboConfig}
+    turbo_config: dict | TurboConfig | None = None
+
+
+class TurboBertSelfAttention(BertSelfAttention):
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.attention_head_size)
+        query = self.query(hidden_states).view(*hidden_shape).transpose(1, 2)
+        keys = self.key(hidden_states).view(*hidden_shape).transpose(1, 2)
+        values = self.value(hidden_states).view(*hidden_shape).transpose(1, 2)
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        output, weights = interface(
+            self,
+            query,
+            keys,
+            values,
+            attention_mask,
+            dropout=0.0 if not self.training else self.dropout.p,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        return output.reshape(*input_shape, -1).contiguous(), weights, query, keys
+
+
+class TurboBertAttention(BertAttention):
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        output, weights, query, keys = self.self(hidden_states, attention_mask=attention_mask, **kwargs)
+        return self.output(output, hidden_states), weights, query, keys
+
+
+class TurboBertLayer(BertLayer):
+    def forward(self, hidden_states, size, source, token_mask, pooled, step: LayerStep, attention_mask=None, **kwargs):
+        bias = text_attention_bias(step, size, token_mask, hidden_states.dtype)
+        attention_output, _, query, keys = self.attention(
+            hidden_states, bias if bias is not None else attention_mask, **kwargs
+        )
+        attention_output, size, source, token_mask = reduce_text(
+            step, attention_output, size, source, token_mask, query, keys, self.attention.self.scaling, bias,
+            pooled=pooled,
+        )
+        layer_output = apply_chunking_to_forward(
+            self.feed_forward_chunk, self.chunk_size_feed_forward, self.seq_len_dim, attention_output
+        )
+        return layer_output, size, source, token_mask
+
+
+class TurboBertModel(TurboHubMixin, BertModel):
+    """`BertModel` (encoder use) whose layers merge text tokens with Turbo.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from turbo_hf import TurboBertConfig, TurboBertModel, TurboConfig
+    >>> config = TurboBertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    ...                          intermediate_size=64, turbo_config=TurboConfig(r=3))
+    >>> out = TurboBertModel(config).eval()(input_ids=torch.randint(1, 99, (2, 16)))
+    >>> out.last_hidden_state.shape[1], int(out.token_sizes.sum(1).min())
+    (10, 16)
+    ```
+    """
+
+    config_class = TurboBertConfig
+    _no_split_modules = ["BertEmbeddings", "TurboBertLayer"]
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
+        super().__init__(config, add_pooling_layer=add_pooling_layer)
+        apply_turbo_from_config(self)
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> TurboTextModelOutput:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        embedding_output = self.embeddings(
+            input_ids=input_ids, position_ids=position_ids, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds
+        )
+        batch, length = embedding_output.shape[:2]
+        if attention_mask is not None and not bool(attention_mask[:, 0].all()):
+            raise ValueError(
+                "Turbo text merging needs right padding (`tokenizer.padding_side = 'right'`): "
+                "`attention_mask[:, 0]` must be 1 in every row."
+            )
+        token_mask = (
+            attention_mask.bool()
+            if attention_mask is not None
+            else torch.ones(batch, length, dtype=torch.bool, device=embedding_output.device)
+        )
+        mask_4d, _ = self._create_attention_masks(
+            attention_mask=attention_mask,
+            encoder_attention_mask=None,
+            embedding_output=embedding_output,
+            encoder_hidden_states=None,
+            past_key_values=None,
+        )
+        pooled = torch.zeros(batch, dtype=torch.long, device=embedding_output.device)
+        hidden_states, size, source, token_mask = run_text_layers(
+            self.encoder.layer, embedding_output, self.turbo_runtime, token_mask, pooled, mask_4d,
+            position_ids=position_ids, **kwargs,
+        )
+        pooled_output = self.pooler(hidden_states) if self.pooler is not None else None
+        return TurboTextModelOutput(
+            last_hidden_state=hidden_states,
+            pooler_output=pooled_output,
+            token_sizes=size,
+            token_source=source,
+            token_mask=token_mask,
+        )
+
+
+def _check_encoder(model) -> list:
+    if model.config.is_decoder or model.config.add_cross_attention:
+        raise ValueError("Turbo merges tokens of BERT encoders only; this BertModel is a decoder (is_decoder=True).")
+    return [model]
+
+
+AUTO_CLASSES = {"AutoModel": TurboBertModel}
+TurboBertModel.turbo_auto_classes = AUTO_CLASSES
+
+register_adapter(
+    FamilyAdapter(
+        name="bert",
+        model_classes=(BertModel,),
+        vision_models=_check_encoder,
+        layers=lambda encoder: encoder.encoder.layer,
+        class_map={
+            BertModel: TurboBertModel,
+            BertLayer: TurboBertLayer,
+            BertAttention: TurboBertAttention,
+            BertSelfAttention: TurboBertSelfAttention,
+        },
+        attention_attr="attention",
+        mlp_attr=("intermediate", "output"),
+        tokens_for_config=lambda config: min(config.max_position_embeddings, 512),
+        hub_classes={TurboBertConfig: AUTO_CLASSES},
+    )
+)

@@ -1,0 +1,103 @@
+"""Turbo for text encoders: padded batches, protected pooling tokens and causal towers.
+
+Text layers carry `(hidden, size, source, token_mask)`: `token_mask` (B, N) marks real tokens. Padding never
+merges and never receives a real token, so a padded row merges exactly as it would alone; every row removes
+the same number of tokens (the most that every row allows). The pooled token (a [CLS], an EOS or the last
+token) is protected and its current index is read from the source map.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .merging import initial_source, merge_tokens, proportional_bias, unmerge, update_source
+from .turbo_encoder import LayerStep, TurboRuntime
+
+
+def text_attention_bias(
+    step: LayerStep, size: torch.Tensor, token_mask: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """Once tokens have merged: `log(size)` on real keys and the dtype minimum on padding, (B, 1, 1, N).
+
+    None before the first merge, so the layer keeps the model's own mask (bit-identical at r=0).
+    """
+    if not step.merged_before:
+        return None
+    if step.proportional_attention and step.reduction == "merge":
+        bias = proportional_bias(size, dtype)
+    else:
+        bias = torch.zeros(size.shape[0], 1, 1, size.shape[1], dtype=dtype, device=size.device)
+    return bias.masked_fill(~token_mask[:, None, None, :], torch.finfo(dtype).min)
+
+
+def reduce_text(
+    step: LayerStep,
+    hidden: torch.Tensor,
+    size: torch.Tensor,
+    source: torch.Tensor,
+    token_mask: torch.Tensor,
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    scaling: float,
+    bias: torch.Tensor | None,
+    *,
+    pooled: torch.Tensor,
+    causal: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Remove up to `step.r` real tokens per row; `pooled` (B,) holds the original position of the token a
+    head reads (protected, and the summary query of the semantic value)."""
+    if step.r == 0:
+        return hidden, size, source, token_mask
+    current = source.gather(1, pooled[:, None])[:, 0]
+    protected = torch.zeros_like(token_mask).scatter_(1, current[:, None], True)
+    if bias is None:
+        bias = torch.zeros(size.shape[0], 1, 1, size.shape[1], dtype=query.dtype, device=size.device)
+        bias = bias.masked_fill(~token_mask[:, None, None, :], torch.finfo(query.dtype).min)
+    plan = step.plan(
+        size,
+        query,
+        keys,
+        scaling,
+        bias,
+        token_mask=token_mask,
+        protected=protected,
+        causal=causal,
+        summary_index=current,
+    )
+    hidden, size = merge_tokens(hidden, size, plan, step.reduction)
+    token_mask = token_mask.gather(1, plan.keep_idx)
+    return hidden, size, update_source(source, plan), token_mask
+
+
+def run_text_layers(
+    layers: nn.ModuleList,
+    hidden_states: torch.Tensor,
+    runtime: TurboRuntime,
+    token_mask: torch.Tensor,
+    pooled: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run Turbo text layers, carrying `(hidden, size, source, token_mask)` from one to the next.
+
+    Each layer is called as `layer(hidden, size, source, token_mask, pooled, step, attention_mask, **kwargs)`
+    where `attention_mask` is the model's own mask (used until the first merge). With `restore_output`, the
+    result is unmerged back to the input length.
+    """
+    batch, num_tokens, _ = hidden_states.shape
+    input_mask = token_mask
+    size = torch.ones(batch, num_tokens, 1, device=hidden_states.device, dtype=torch.float32)
+    source = initial_source(batch, num_tokens, hidden_states.device)
+    for layer, step in zip(layers, runtime.steps(num_tokens)):
+        hidden_states, size, source, token_mask = layer(
+            hidden_states, size, source, token_mask, pooled, step, attention_mask, **kwargs
+        )
+    if runtime.config.restore_output:
+        hidden_states = unmerge(hidden_states, source)
+        size = torch.ones(batch, num_tokens, 1, device=hidden_states.device, dtype=torch.float32)
+        source, token_mask = initial_source(batch, num_tokens, hidden_states.device), input_mask
+    return hidden_states, size, source, token_mask
+
+
+__all__ = ["reduce_text", "run_text_layers", "text_attention_bias"]
