@@ -54,7 +54,8 @@ def clip_vision_config(**kw):
 
 
 def clip_config(**kw):
-    text = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    text = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                bos_token_id=97, eos_token_id=98, pad_token_id=1)
     return CLIPConfig(text_config=text, vision_config=_vision_kwargs(), projection_dim=16, **kw)
 
 

@@ -23,6 +23,7 @@ from .adapter_siglip import (
     TurboSiglipVisionConfig,
     TurboSiglipVisionModel,
 )
+from .adapter_text_towers import TurboCLIPTextModel, TurboSiglipTextModel
 from .adapter_vit import TurboViTConfig, TurboViTForImageClassification, TurboViTModel
 from .auto_classes import register_auto_classes
 
@@ -44,6 +45,8 @@ __all__ = [
     "TurboDinov2Config",
     "TurboDinov2ForImageClassification",
     "TurboDinov2Model",
+    "TurboCLIPTextModel",
+    "TurboSiglipTextModel",
     "TurboSiglipConfig",
     "TurboSiglipForImageClassification",
     "TurboSiglipModel",

@@ -89,8 +89,7 @@ class TurboBertLayer(BertLayer):
             hidden_states, bias if bias is not None else attention_mask, **kwargs
         )
         attention_output, size, source, token_mask = reduce_text(
-            step, attention_output, size, source, token_mask, query, keys, self.attention.self.scaling, bias,
-            pooled=pooled,
+            step, attention_output, size, source, token_mask, query, keys, self.attention.self.scaling, pooled=pooled
         )
         layer_output = apply_chunking_to_forward(
             self.feed_forward_chunk, self.chunk_size_feed_forward, self.seq_len_dim, attention_output

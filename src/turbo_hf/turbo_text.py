@@ -15,20 +15,31 @@ from .merging import initial_source, merge_tokens, proportional_bias, unmerge, u
 from .turbo_encoder import LayerStep, TurboRuntime
 
 
-def text_attention_bias(
-    step: LayerStep, size: torch.Tensor, token_mask: torch.Tensor, dtype: torch.dtype
-) -> torch.Tensor | None:
-    """Once tokens have merged: `log(size)` on real keys and the dtype minimum on padding, (B, 1, 1, N).
-
-    None before the first merge, so the layer keeps the model's own mask (bit-identical at r=0).
-    """
-    if not step.merged_before:
-        return None
-    if step.proportional_attention and step.reduction == "merge":
+def _key_bias(step: LayerStep, size: torch.Tensor, token_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if step.merged_before and step.proportional_attention and step.reduction == "merge":
         bias = proportional_bias(size, dtype)
     else:
         bias = torch.zeros(size.shape[0], 1, 1, size.shape[1], dtype=dtype, device=size.device)
     return bias.masked_fill(~token_mask[:, None, None, :], torch.finfo(dtype).min)
+
+
+def text_attention_bias(
+    step: LayerStep, size: torch.Tensor, token_mask: torch.Tensor, dtype: torch.dtype, causal: bool = False
+) -> torch.Tensor | None:
+    """Once tokens have merged: `log(size)` on real keys and the dtype minimum on padding, (B, 1, 1, N), or
+    with `causal` the same plus the causal triangle over the current tokens, (B, 1, N, N).
+
+    Merges only go forward in causal towers (see `bipartite_plan`), so the causal order of the kept tokens is
+    their order. None before the first merge, so the layer keeps the model's own mask (bit-identical at r=0).
+    """
+    if not step.merged_before:
+        return None
+    bias = _key_bias(step, size, token_mask, dtype)
+    if causal:
+        length = size.shape[1]
+        future = torch.ones(length, length, dtype=torch.bool, device=size.device).triu(1)
+        bias = bias.expand(-1, -1, length, -1).masked_fill(future, torch.finfo(dtype).min)
+    return bias
 
 
 def reduce_text(
@@ -40,26 +51,22 @@ def reduce_text(
     query: torch.Tensor,
     keys: torch.Tensor,
     scaling: float,
-    bias: torch.Tensor | None,
     *,
     pooled: torch.Tensor,
     causal: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Remove up to `step.r` real tokens per row; `pooled` (B,) holds the original position of the token a
-    head reads (protected, and the summary query of the semantic value)."""
+    head reads (protected, and the summary query of the semantic value, which attends to every real key)."""
     if step.r == 0:
         return hidden, size, source, token_mask
     current = source.gather(1, pooled[:, None])[:, 0]
     protected = torch.zeros_like(token_mask).scatter_(1, current[:, None], True)
-    if bias is None:
-        bias = torch.zeros(size.shape[0], 1, 1, size.shape[1], dtype=query.dtype, device=size.device)
-        bias = bias.masked_fill(~token_mask[:, None, None, :], torch.finfo(query.dtype).min)
     plan = step.plan(
         size,
         query,
         keys,
         scaling,
-        bias,
+        _key_bias(step, size, token_mask, query.dtype),
         token_mask=token_mask,
         protected=protected,
         causal=causal,

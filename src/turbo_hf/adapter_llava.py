@@ -1,0 +1,553 @@
+"""Turbo for LLaVA-1.5 (`LlavaForConditionalGeneration`, `LlavaModel`) with a CLIP vision tower.
+
+What changes against the stock model:
+
+- Vision: the tower runs only the layers that feed the language model (`vision_feature_layer=-2` skips the
+  last one) and Turbo merges tokens in them; the projector sees the merged tokens (N' instead of N).
+- Language model: every image token stands for `size` patches. Proportional attention adds `log(size)` to
+  the attention logits of every query on those image-token keys: the model builds the 4D float mask of the
+  language model itself (the stock causal/padding mask plus the bias). The per-position bias is kept on the
+  KV cache object (`past_key_values.turbo_image_key_bias`, shape (B, seen tokens)), so each later decoding
+  step in `generate()` (which no longer sees the image) applies it to the cached image keys as well.
+- Placeholders: the text must hold N' `<image>` tokens per image; `TurboLlavaProcessor`
+  (`processing_turbo_llava.py`) counts them with the same schedule code, and a mismatch raises an error
+  that names both counts.
+
+With `r=0` (no merging) nothing of this is used: logits and generated ids are the stock ones, bit for bit.
+
+Not supported: a list `vision_feature_layer` while tokens merge (it concatenates hidden states of several
+layers token by token, and their token counts differ), vision towers other than CLIP, `image_sizes`,
+text models with sliding-window or hybrid attention when the bias is needed, and attention kernels that
+take no float mask (flash attention, flex) for the bias. LLaVA-NeXT (`LlavaNextForConditionalGeneration`)
+is not supported: its `pack_image_features` reshapes the features into the full patch grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import Cache
+from transformers.masking_utils import create_causal_mask, find_first_full_attention_index
+from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoder, CLIPEncoderLayer, CLIPVisionModel
+from transformers.models.llava.configuration_llava import LlavaConfig
+from transformers.models.llava.modeling_llava import (
+    LlavaForConditionalGeneration,
+    LlavaModel,
+    LlavaModelOutputWithPast,
+)
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+
+from .adapter_clip import TurboCLIPAttention, TurboCLIPEncoderLayer
+from .configuration_turbo import TurboConfig, as_turbo_config
+from .hub_export import TurboHubMixin
+from .merging import initial_source
+from .patching import apply_turbo_from_config
+from .registry import FamilyAdapter, register_adapter
+from .schedules import LayerCost
+from .turbo_encoder import TurboModelOutputWithPooling, TurboRuntime, run_layers
+
+CACHE_BIAS_ATTRIBUTE = "turbo_image_key_bias"
+MASK_IMPLEMENTATIONS = ("eager", "sdpa")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Token counts: one place for the model and the processor
+# ----------------------------------------------------------------------------------------------------------
+
+
+def feature_depth(vision_feature_layer: int | list[int], num_layers: int) -> int:
+    """Vision layers that must run to produce the selected hidden state(s) (`hidden_states[i]` is the output
+    of `i` layers; negative indices count from the end, so -2 needs all layers but the last)."""
+    layers = [vision_feature_layer] if isinstance(vision_feature_layer, int) else list(vision_feature_layer)
+    depths = []
+    for layer in layers:
+        depth = layer if layer >= 0 else num_layers + 1 + layer
+        if not 0 <= depth <= num_layers:
+            raise ValueError(
+                f"`vision_feature_layer={vision_feature_layer}` is out of range for a vision tower of {num_layers} layers."
+            )
+        depths.append(depth)
+    return max(depths)
+
+
+def clip_layer_cost(vision_config) -> LayerCost:
+    """Per-token MACs of a CLIP layer from its config (what `patching.layer_cost` counts on the modules)."""
+    hidden, intermediate = vision_config.hidden_size, vision_config.intermediate_size
+    return LayerCost(attention_per_token=4 * hidden * hidden, mlp_per_token=2 * hidden * intermediate, hidden_size=hidden)
+
+
+def tower_tokens(vision_config, height: int | None = None, width: int | None = None) -> int:
+    """Tokens entering the CLIP tower ([CLS] included) for an image of the config's size (or the given one)."""
+    patch = vision_config.patch_size
+    height = vision_config.image_size if height is None else height
+    width = vision_config.image_size if width is None else width
+    return (height // patch) * (width // patch) + 1
+
+
+def merged_token_count(turbo_config, num_tokens: int, num_layers: int, cost: LayerCost) -> int:
+    """Tokens left after `num_layers` Turbo layers for an input of `num_tokens` tokens ([CLS] included).
+
+    The same `TurboRuntime.schedule` the model runs, so a processor that calls this agrees with the model for
+    `r`, lists, schedules, `min_tokens` and FLOP budgets (a budget resolves per input length; LLaVA inputs
+    have one fixed length).
+    """
+    config = as_turbo_config(turbo_config)
+    if config.restore_output or num_layers == 0:
+        return num_tokens
+    runtime = TurboRuntime(config, num_layers=num_layers, cost=cost, protect_first=True, summary_query="cls")
+    return num_tokens - sum(runtime.schedule(num_tokens))
+
+
+def check_feature_layer(vision_feature_layer, turbo_config) -> None:
+    if not isinstance(vision_feature_layer, int) and as_turbo_config(turbo_config).removes_tokens:
+        raise ValueError(
+            f"`vision_feature_layer={list(vision_feature_layer)}` concatenates the hidden states of several layers "
+            "token by token, but Turbo changes the number of tokens from layer to layer: use a single feature layer "
+            "(an int, e.g. -2) or r=0."
+        )
+
+
+def image_token_count(config, turbo_config=None, height: int | None = None, width: int | None = None) -> int:
+    """`<image>` placeholders per image for a (Turbo)LLaVA config: the merged token count of the vision tower
+    up to the feature layer, minus [CLS] under the `"default"` feature strategy.
+
+    Args:
+        config: a `LlavaConfig` or `TurboLlavaConfig`.
+        turbo_config: the Turbo settings (default: `config.turbo_config`).
+        height, width: image size in pixels (default: the vision config's `image_size`).
+    """
+    if turbo_config is None:
+        turbo_config = getattr(config, "turbo_config", None)
+    check_feature_layer(config.vision_feature_layer, turbo_config)
+    vision = config.vision_config
+    depth = feature_depth(config.vision_feature_layer, vision.num_hidden_layers)
+    count = merged_token_count(turbo_config, tower_tokens(vision, height, width), depth, clip_layer_cost(vision))
+    return count - int(config.vision_feature_select_strategy == "default")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config, outputs, vision tower pieces
+# ----------------------------------------------------------------------------------------------------------
+
+
+class TurboLlavaConfig(LlavaConfig):
+    """`LlavaConfig` with a `turbo_config` (`TurboConfig`, for the vision tower) inside `config.json`.
+
+    `turbo_config` covers the vision layers up to `vision_feature_layer` (a list `r` has one entry per such
+    layer: `num_hidden_layers - 1` of them for the default -2).
+    """
+
+    model_type = "turbo_llava"
+    sub_configs_defaults = {**LlavaConfig.sub_configs_defaults, "turbo_config": TurboConfig}
+    turbo_config: dict | TurboConfig | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        check_feature_layer(self.vision_feature_layer, self.turbo_config)
+
+
+@dataclass
+class TurboLlavaImageOutput(TurboModelOutputWithPooling):
+    """What `TurboLlavaModel.get_image_features` returns.
+
+    Args:
+        last_hidden_state (`torch.Tensor` of shape `(num_images, N' + 1, hidden_size)`):
+            The vision tower's hidden state at `vision_feature_layer` (merged tokens, [CLS] first).
+        pooler_output (`list[torch.Tensor]`):
+            The projected image features, one `(N', text_hidden_size)` tensor per image (what the language model
+            receives).
+        token_sizes, token_source: as in `TurboModelOutputWithPooling`, for `last_hidden_state`.
+        image_token_sizes (`torch.Tensor` of shape `(num_images, N', 1)`, *optional*):
+            How many patches each image feature stands for (None when nothing was merged); its `log` is the
+            attention bias of the image tokens inside the language model.
+    """
+
+    image_token_sizes: torch.Tensor | None = None
+
+
+class TurboLlavaCLIPEncoder(CLIPEncoder):
+    """The CLIP encoder inside a Turbo LLaVA: its layers run through `TurboLlavaModel.get_image_features`."""
+
+    def forward(self, *args, **kwargs):
+        raise ValueError(
+            "Under Turbo, the LLaVA vision tower runs through `get_image_features` of the LLaVA model (it merges "
+            "tokens only in the layers that feed the language model). Call `model.get_image_features(pixel_values)`, "
+            "or `turbo_hf.remove_turbo(model)` to use the stock tower."
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------
+
+
+class TurboLlavaModel(TurboHubMixin, LlavaModel):
+    """`LlavaModel` whose vision tower merges tokens with Turbo and whose language model attends to the merged
+    image tokens with proportional attention (`log(size)` bias, kept on the KV cache for decoding)."""
+
+    config_class = TurboLlavaConfig
+    _no_split_modules = ["CLIPVisionEmbeddings", "TurboCLIPEncoderLayer", "LlavaMultiModalProjector"]
+
+    def __init__(self, config: LlavaConfig):
+        super().__init__(config)
+        apply_turbo_from_config(self)
+
+    # -- vision --------------------------------------------------------------------------------------------
+
+    def _feature_runtime(self, depth: int) -> TurboRuntime:
+        runtime = self.turbo_runtime
+        if runtime.num_layers == depth:
+            return runtime
+        if runtime.config.removes_tokens:
+            raise ValueError(
+                f"Turbo was set up for the vision layers up to `vision_feature_layer={self.config.vision_feature_layer}` "
+                f"({runtime.num_layers} layers) and merges tokens there; this call selects a feature layer that needs "
+                f"{depth} layers. Change `config.vision_feature_layer` and apply Turbo again, or use r=0."
+            )
+        return TurboRuntime(TurboConfig(), depth, runtime.cost, protect_first=True, summary_query="cls")
+
+    def num_image_tokens(self, height: int | None = None, width: int | None = None) -> int:
+        """`<image>` placeholders per image this model expects (from its own Turbo runtime)."""
+        vision = self.config.vision_config
+        tokens = tower_tokens(vision, height, width)
+        runtime = self.turbo_runtime
+        if not runtime.config.restore_output:
+            tokens -= sum(runtime.schedule(tokens))
+        return tokens - int(self.config.vision_feature_select_strategy == "default")
+
+    @merge_with_config_defaults
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        image_sizes: torch.Tensor | None = None,
+        **kwargs,
+    ) -> TurboLlavaImageOutput:
+        """Image features after Turbo: the tower runs only up to the feature layer, merging tokens on the way.
+
+        Returns:
+            `TurboLlavaImageOutput`: projected features per image in `pooler_output`, their sizes in
+            `image_token_sizes`.
+        """
+        if image_sizes is not None:
+            raise ValueError("Turbo for LLaVA supports fixed-size CLIP vision towers: `image_sizes` is not supported.")
+        runtime = self.turbo_runtime
+        check_feature_layer(vision_feature_layer, runtime.config)
+        tower = self.vision_tower
+        layers = tower.encoder.layers
+        depth = feature_depth(vision_feature_layer, len(layers))
+        runtime = self._feature_runtime(depth)
+
+        hidden = tower.embeddings(pixel_values, interpolate_pos_encoding=False)
+        hidden = tower.pre_layrnorm(hidden)
+        num_tokens = hidden.shape[1]
+        if isinstance(vision_feature_layer, int):
+            hidden, size, source = run_layers(layers[:depth], hidden, runtime)
+            selected = hidden
+        else:  # no token is removed here (checked above): collect the requested hidden states
+            depths = [feature_depth(layer, len(layers)) for layer in vision_feature_layer]
+            states = [hidden]
+            steps = runtime.steps(hidden.shape[1])
+            size = torch.ones(*hidden.shape[:2], 1, device=hidden.device, dtype=torch.float32)
+            source = initial_source(hidden.shape[0], hidden.shape[1], hidden.device)
+            for layer, step in zip(layers[:depth], steps):
+                hidden, size, source = layer(hidden, size, source, step, None)
+                states.append(hidden)
+            selected = torch.cat([states[d] for d in depths], dim=-1)
+
+        features, feature_sizes = selected, size
+        if vision_feature_select_strategy == "default":
+            features, feature_sizes = features[:, 1:], feature_sizes[:, 1:]
+        image_features = self.multi_modal_projector(features)
+
+        merged = not runtime.config.restore_output and sum(runtime.schedule(num_tokens)) > 0
+        return TurboLlavaImageOutput(
+            last_hidden_state=hidden,
+            pooler_output=list(image_features),
+            token_sizes=size,
+            token_source=source,
+            image_token_sizes=feature_sizes if merged else None,
+        )
+
+    # -- placeholders --------------------------------------------------------------------------------------
+
+    def get_placeholder_mask(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor,
+        image_features: torch.Tensor,
+        num_images: int | None = None,
+    ) -> torch.Tensor:
+        """The stock placeholder mask, with an error that names both counts when they differ."""
+        if input_ids is None:
+            image_embedding = self.get_input_embeddings()(
+                torch.full((), self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+            )
+            special_image_mask = (inputs_embeds == image_embedding).all(-1)
+        else:
+            special_image_mask = input_ids == self.config.image_token_id
+        n_tokens = int(special_image_mask.sum())
+        n_features = image_features.shape[0]
+        if n_tokens != n_features:
+            num_images = num_images or 1
+            per_image = n_features // num_images
+            turbo = self.turbo_runtime.config
+            merged = "" if not turbo.removes_tokens else f" after Turbo merging ({turbo_summary(turbo)})"
+            raise ValueError(
+                f"The text holds {n_tokens} image tokens ({n_tokens / num_images:g} per image) but the model gives "
+                f"{n_features} image features for {num_images} image(s): {per_image} per image{merged}. "
+                "Expand each `<image>` into that many tokens: use a `turbo_hf.TurboLlavaProcessor` synced with this model "
+                "(`processor.sync_with(model)`, or `TurboLlavaProcessor.from_pretrained` of a folder where it was saved "
+                "after syncing)."
+            )
+        return special_image_mask.unsqueeze(-1).to(inputs_embeds.device)
+
+    # -- language model mask -------------------------------------------------------------------------------
+
+    def _proportional_llm(self) -> bool:
+        config = self.turbo_runtime.config
+        return config.proportional_attention and config.reduction == "merge" and not config.restore_output
+
+    def _language_model_mask(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        past_key_values: Cache | None,
+        position_ids: torch.Tensor | None,
+        chunk_bias: torch.Tensor | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The language model's attention mask with the `log(size)` bias on image-token keys.
+
+        Returns `(mask, key_bias)`: the stock `attention_mask` and None when no key carries a bias; else a 4D
+        float mask and the per-position bias of every token seen so far (B, past + Q), to keep on the cache.
+        """
+        previous = getattr(past_key_values, CACHE_BIAS_ATTRIBUTE, None) if past_key_values is not None else None
+        if chunk_bias is None and previous is None:
+            return attention_mask, None
+        batch, q_length = inputs_embeds.shape[:2]
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        key_bias = torch.zeros(batch, past + q_length, device=inputs_embeds.device, dtype=torch.float32)
+        if previous is not None:
+            if previous.shape[0] != batch:
+                raise ValueError(
+                    f"The KV cache holds a Turbo image bias for a batch of {previous.shape[0]}, this call has {batch}."
+                )
+            kept = min(previous.shape[1], past)
+            key_bias[:, :kept] = previous[:, :kept].to(key_bias.device)
+        if chunk_bias is not None:
+            key_bias[:, past:] = chunk_bias
+
+        text_config = self.language_model.config
+        implementation = text_config._attn_implementation
+        if implementation not in MASK_IMPLEMENTATIONS:
+            raise ValueError(
+                f"Proportional attention on merged image tokens adds a float bias to the language model's mask, which "
+                f"`{implementation}` cannot take. Load the model with attn_implementation='sdpa' or 'eager', or set "
+                "`proportional_attention=False` in the Turbo config."
+            )
+        layer_types = set(getattr(text_config, "layer_types", None) or ["full_attention"])
+        if layer_types != {"full_attention"} or getattr(text_config, "sliding_window", None) is not None:
+            raise ValueError(
+                "Proportional attention on merged image tokens is implemented for language models with full causal "
+                f"attention (Llama, Vicuna); this one has {sorted(layer_types)} layers / a sliding window. "
+                "Set `proportional_attention=False` in the Turbo config."
+            )
+        if attention_mask is not None and attention_mask.ndim == 4:
+            base = attention_mask
+        else:
+            if position_ids is None:
+                position_ids = (torch.arange(q_length, device=inputs_embeds.device) + past).unsqueeze(0)
+            base = create_causal_mask(
+                config=text_config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                past_key_values=past_key_values,
+                position_ids=position_ids,
+                allow_is_causal_skip=False,
+            )
+        kv_length, kv_offset = base.shape[-1], 0
+        if past_key_values is not None:
+            _, kv_offset = past_key_values.get_mask_sizes(q_length, find_first_full_attention_index(past_key_values))
+        columns = torch.arange(kv_length, device=key_bias.device) + int(kv_offset)
+        known = columns < key_bias.shape[1]
+        bias = torch.zeros(batch, kv_length, device=key_bias.device, dtype=torch.float32)
+        bias[:, known] = key_bias[:, columns[known]]
+        bias = bias[:, None, None, :].to(device=base.device, dtype=inputs_embeds.dtype)
+        if base.dtype == torch.bool:
+            mask = torch.where(base, bias, torch.finfo(inputs_embeds.dtype).min)
+        else:
+            mask = base + bias
+        return mask, key_bias
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        image_sizes: torch.Tensor | None = None,
+        mm_encoder_outputs: dict | None = None,
+        **kwargs,
+    ) -> tuple | LlavaModelOutputWithPast:
+        """`LlavaModel.forward` with merged image features and their `log(size)` bias in the language model."""
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if pixel_values is not None and mm_encoder_outputs is not None:
+            raise ValueError("You cannot specify both pixel_values and mm_encoder_outputs at the same time")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        image_outputs = (mm_encoder_outputs or {}).get("image")
+        if image_outputs is None and pixel_values is not None:
+            image_outputs = self.get_image_features(
+                pixel_values=pixel_values,
+                vision_feature_layer=vision_feature_layer,
+                vision_feature_select_strategy=vision_feature_select_strategy,
+                image_sizes=image_sizes,
+                return_dict=True,
+            )
+
+        image_features, chunk_bias = None, None
+        if image_outputs is not None:
+            features = image_outputs.pooler_output
+            image_features = torch.cat(list(features), dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
+            special_image_mask = self.get_placeholder_mask(
+                input_ids, inputs_embeds=inputs_embeds, image_features=image_features, num_images=len(features)
+            )
+            inputs_embeds = inputs_embeds.masked_scatter(special_image_mask, image_features)
+            sizes = getattr(image_outputs, "image_token_sizes", None)
+            if sizes is not None and self._proportional_llm():
+                chunk_bias = torch.zeros(inputs_embeds.shape[:2], device=inputs_embeds.device, dtype=torch.float32)
+                chunk_bias[special_image_mask[..., 0]] = torch.log(sizes.reshape(-1).float()).to(chunk_bias.device)
+
+        attention_mask, key_bias = self._language_model_mask(
+            inputs_embeds, attention_mask, past_key_values, position_ids, chunk_bias
+        )
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        if key_bias is not None and outputs.past_key_values is not None:
+            setattr(outputs.past_key_values, CACHE_BIAS_ATTRIBUTE, key_bias)
+
+        return LlavaModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+        )
+
+
+class TurboLlavaForConditionalGeneration(TurboHubMixin, LlavaForConditionalGeneration):
+    """`LlavaForConditionalGeneration` with Turbo: merged image tokens, proportional attention in the language
+    model (prefill and every cached decoding step of `generate()`).
+
+    Example:
+
+    ```python
+    >>> from turbo_hf.adapter_llava import TurboLlavaConfig, TurboLlavaForConditionalGeneration
+    >>> vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+    ...               image_size=32, patch_size=4)
+    >>> text = dict(model_type="llama", vocab_size=120, hidden_size=32, intermediate_size=64,
+    ...             num_hidden_layers=2, num_attention_heads=4)
+    >>> config = TurboLlavaConfig(vision_config=vision, text_config=text, image_token_id=4, turbo_config={"r": 8})
+    >>> TurboLlavaForConditionalGeneration(config).model.num_image_tokens()
+    48
+    ```
+    """
+
+    config_class = TurboLlavaConfig
+    _no_split_modules = ["CLIPVisionEmbeddings", "TurboCLIPEncoderLayer", "LlavaMultiModalProjector"]
+
+    def __init__(self, config: LlavaConfig):
+        super().__init__(config)
+        apply_turbo_from_config(self)
+
+
+def turbo_summary(config) -> str:
+    """A short description of the settings that set the token count."""
+    settings = as_turbo_config(config).settings()
+    keys = ("r", "flops_ratio", "schedule", "min_tokens", "restore_output")
+    return ", ".join(f"{k}={settings[k]!r}" for k in keys if settings[k] not in (None, False, 0, "constant"))
+
+
+def llava_runtime(model) -> TurboRuntime | None:
+    """The Turbo runtime of a (patched) LLaVA model or of its inner `LlavaModel`; None when not patched."""
+    for module in (model, getattr(model, "model", None)):
+        runtime = getattr(module, "turbo_runtime", None) if module is not None else None
+        if runtime is not None:
+            return runtime
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Registration
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _llava_models(model) -> list:
+    inner = model.model if isinstance(model, LlavaForConditionalGeneration) else model
+    tower = inner.vision_tower
+    if not isinstance(tower, CLIPVisionModel):
+        raise ValueError(
+            f"Turbo for LLaVA supports CLIP vision towers; this model's tower is {type(tower).__name__}."
+        )
+    return [inner]
+
+
+def _llava_layers(llava_model):
+    config = llava_model.config
+    layers = llava_model.vision_tower.encoder.layers
+    depth = feature_depth(config.vision_feature_layer, len(layers))
+    return layers[: max(depth, 1)]
+
+
+LLAVA_AUTO_CLASSES = {
+    "AutoModelForImageTextToText": TurboLlavaForConditionalGeneration,
+    "AutoModelForPreTraining": TurboLlavaForConditionalGeneration,
+    "AutoModel": TurboLlavaModel,
+}
+TurboLlavaForConditionalGeneration.turbo_auto_classes = LLAVA_AUTO_CLASSES
+TurboLlavaModel.turbo_auto_classes = LLAVA_AUTO_CLASSES
+
+register_adapter(
+    FamilyAdapter(
+        name="llava",
+        model_classes=(LlavaForConditionalGeneration, LlavaModel),
+        vision_models=_llava_models,
+        layers=_llava_layers,
+        class_map={
+            LlavaForConditionalGeneration: TurboLlavaForConditionalGeneration,
+            LlavaModel: TurboLlavaModel,
+            CLIPEncoder: TurboLlavaCLIPEncoder,
+            CLIPEncoderLayer: TurboCLIPEncoderLayer,
+            CLIPAttention: TurboCLIPAttention,
+        },
+        attention_attr="self_attn",
+        mlp_attr="mlp",
+        tokens_for_config=lambda config: tower_tokens(config.vision_config),
+        hub_classes={TurboLlavaConfig: LLAVA_AUTO_CLASSES},
+    )
+)
+
+__all__ = [
+    "TurboLlavaConfig",
+    "TurboLlavaForConditionalGeneration",
+    "TurboLlavaImageOutput",
+    "TurboLlavaModel",
+    "feature_depth",
+    "image_token_count",
+    "merged_token_count",
+]
