@@ -23,6 +23,8 @@ from transformers import (
     BlipVisionModel,
 )
 
+from transformers.models.blip.modeling_blip_text import BlipTextAttention
+
 from turbo_hf import TurboConfig, apply_turbo, remove_turbo, turbo_plan, unmerge
 from turbo_hf.adapter_blip import (
     TurboBlipAttention,
@@ -36,6 +38,7 @@ from turbo_hf.adapter_blip import (
     image_cross_attention_modules,
 )
 from turbo_hf.auto_classes import register_auto_classes
+from turbo_hf.merging import proportional_bias
 
 register_auto_classes()  # the package registers on import; this module may be imported before integration
 
@@ -181,7 +184,7 @@ def test_turbo_vision_attention_with_a_bias_matches_sdpa():
     bias = torch.randn(2, 1, 1, 9)
     with torch.no_grad():
         output, probs, query, keys = attention(hidden, attention_mask=bias)
-        _, _, _, values = attention.qkv(hidden).view(2, 9, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        _, _, values = attention.qkv(hidden).view(2, 9, 3, 4, 8).permute(2, 0, 3, 1, 4)
         expected = torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=bias)
         expected = attention.projection(expected.transpose(1, 2).reshape(2, 9, 32))
     torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
@@ -207,7 +210,7 @@ def test_vision_model_counts_sizes_and_keeps_cls():
     assert torch.equal(out.pooler_output, model.post_layernorm(out.last_hidden_state[:, 0]))
 
 
-def test_turbo_needs_no_gradient_checkpointing_exception():
+def test_gradient_checkpointing_gives_the_same_gradients():
     grads = []
     for checkpointing in (False, True):
         model = apply_turbo(build("caption"), TurboConfig(r=[8, 4, 4, 4])).train()
@@ -242,17 +245,25 @@ def test_cross_attention_bias_equals_attending_to_the_unmerged_tokens():
         expected = itm.itm_head(itm.text_encoder(input_ids=ids, encoder_hidden_states=full).last_hidden_state[:, 0])
         torch.testing.assert_close(out.itm_score, expected, atol=1e-5, rtol=1e-5)
 
-        # without proportional attention (or with the stock, mask-dropping cross-attention) it differs
-        plain = apply_turbo(build("caption"), r=8, proportional_attention=False)
-        assert not torch.allclose(plain(pixel_values=px, input_ids=ids).logits, out_logits := caption(
-            pixel_values=px, input_ids=ids).logits, atol=1e-3)  # fmt: skip
-        layers = caption.text_decoder.bert.encoder.layer
-        for layer in layers:
-            layer.crossattention.__class__ = transformers.models.blip.modeling_blip_text.BlipTextAttention
-        dropped = caption.text_decoder(
-            input_ids=ids, encoder_hidden_states=out_logits.new_zeros(0) if False else caption.vision_model(
-                pixel_values=px).last_hidden_state, encoder_attention_mask=torch.zeros(2, 1, 1, TOKENS - 32)).logits
-        assert not torch.allclose(dropped, out_logits, atol=1e-3)  # fmt: skip
+
+
+def test_stock_cross_attention_drops_the_mask_and_the_turbo_one_applies_it():
+    model = apply_turbo(build("caption"), r=8)
+    px, ids = pixels(2), text(2)
+    decoder = model.text_decoder
+    with torch.no_grad():
+        out = model(pixel_values=px, input_ids=ids)
+        image, bias = out.last_hidden_state, proportional_bias(out.token_sizes, out.last_hidden_state.dtype)
+        assert bias.shape == (2, 1, 1, image.shape[1]) and bias.abs().sum() > 0
+        assert torch.equal(decoder(input_ids=ids, encoder_hidden_states=image, encoder_attention_mask=bias).logits,
+                           out.logits)  # fmt: skip
+        without_bias = decoder(input_ids=ids, encoder_hidden_states=image).logits
+        assert not torch.allclose(without_bias, out.logits, atol=1e-4)
+        for module in image_cross_attention_modules(model):
+            module.__class__ = BlipTextAttention
+        # Transformers 5.23: the stock cross-attention ignores `encoder_attention_mask`
+        stock = decoder(input_ids=ids, encoder_hidden_states=image, encoder_attention_mask=bias).logits
+        assert torch.equal(stock, without_bias)
 
 
 # ------------------------------------------------------------------------------- batching, padding, generate

@@ -63,10 +63,10 @@ def set_attention(config, attn):
     return config
 
 
-def blip2_config(attn="sdpa", config_class=Blip2Config, **kw):
+def blip2_config(attn="sdpa", config_class=Blip2Config, qformer_text=False, **kw):
     config = config_class(
         vision_config=VISION,
-        qformer_config=QFORMER,
+        qformer_config=dict(QFORMER, use_qformer_text_input=qformer_text),
         text_config=OPT,
         num_query_tokens=QUERIES,
         image_token_index=IMAGE_TOKEN,
@@ -88,7 +88,8 @@ def randomize(model, seed=0):
 
 def build(model_class=Blip2ForConditionalGeneration, attn="sdpa"):
     torch.manual_seed(0)
-    return randomize(model_class(blip2_config(attn)))
+    # the retrieval Q-Former also runs text through its own feed-forward
+    return randomize(model_class(blip2_config(attn, qformer_text=model_class is Blip2ForImageTextRetrieval)))
 
 
 def pixels(batch, seed=1):
@@ -182,11 +183,11 @@ def test_generate_reads_the_same_merged_features_as_forward():
                 pixel_values=pixel_values,
                 input_ids=ids,
                 attention_mask=mask,
-                output_scores=True,
+                output_logits=True,
                 return_dict_in_generate=True,
                 **GEN,
             )
-        torch.testing.assert_close(out.scores[0], logits[:, -1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.logits[0], logits[:, -1], atol=1e-5, rtol=1e-5)
         assert out.sequences.shape == (batch, ids.shape[1] + GEN["max_new_tokens"])
 
 

@@ -2,16 +2,16 @@
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel, Dinov2Backbone
+from transformers import Dinov2Backbone, GPT2Config, GPT2Model
 
 from tiny_models import build, dinov2_config, inputs
 from turbo_hf import TurboConfig, apply_turbo, get_turbo_config, is_turbo_applied, remove_turbo, supported_classes
 
 
 def test_unsupported_model_lists_the_supported_classes():
-    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
-    with pytest.raises(ValueError, match="BertModel.*Supported classes: .*Dinov2Model.*ViTModel"):
-        apply_turbo(bert, r=2)
+    gpt2 = GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=99))
+    with pytest.raises(ValueError, match="GPT2Model.*Supported classes: .*Dinov2Model.*ViTModel"):
+        apply_turbo(gpt2, r=2)
     with pytest.raises(ValueError, match="Dinov2Backbone"):
         apply_turbo(Dinov2Backbone(dinov2_config()), r=2)
     assert "SiglipVisionModel" in supported_classes()

@@ -43,6 +43,10 @@ class TurboLlavaProcessor(LlavaProcessor):
     ```
     """
 
+    # `save_pretrained` writes an `auto_map` and copies this file (and the flat modules it imports) into the
+    # folder, so `AutoProcessor.from_pretrained(folder, trust_remote_code=True)` works without the package.
+    _auto_class = "AutoProcessor"
+
     def __init__(
         self,
         image_processor=None,
