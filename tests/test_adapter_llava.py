@@ -10,7 +10,6 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-import transformers
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
@@ -20,6 +19,7 @@ from transformers import (
     CLIPImageProcessorPil,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaModel,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaProcessor,
@@ -33,10 +33,8 @@ from turbo_hf.adapter_llava import (
     TurboLlavaModel,
     image_token_count,
 )
-from turbo_hf.auto_classes import register_auto_classes
 from turbo_hf.processing_turbo_llava import TurboLlavaProcessor
 
-register_auto_classes()  # the package registers families imported by its __init__; this one may come later
 
 IMAGE_TOKEN_ID = 4
 WORDS = [f"w{i}" for i in range(100)] + ["USER:", "ASSISTANT:", "What", "is", "this", "?"]
@@ -130,6 +128,15 @@ def logits(model, inputs, **kw):
         return model(**inputs, **kw).logits
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls on a shared 2-core machine: one thread is ~50x faster than two contending ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def stock_folder(tmp_path_factory):
     torch.manual_seed(0)
@@ -185,16 +192,21 @@ def test_merged_tokens_reach_the_language_model(stock_folder):
     assert processor.num_image_tokens(32, 32) == model.model.num_image_tokens() == image_token_count(model.config) == 48
     inputs = encode(processor)
     assert (inputs["input_ids"] == IMAGE_TOKEN_ID).sum(dim=1).tolist() == [48, 48]
-    assert inputs["attention_mask"][0].tolist()[:10] == [0] * 10  # the shorter prompt is left-padded
+    assert inputs["attention_mask"][0].tolist()[:7] == [0] * 6 + [1]  # the shorter prompt is left-padded
     with torch.no_grad():
         out = model(**inputs)
         features = model.get_image_features(pixel_values=inputs["pixel_values"])
     assert out.image_hidden_states.shape == (96, 32)
     assert [f.shape[0] for f in features.pooler_output] == [48, 48]
-    assert features.image_token_sizes.shape == (2, 48, 1)
-    assert torch.all(features.image_token_sizes.sum(dim=1) == 64)  # [CLS] dropped, every patch counted once
+    sizes = torch.stack(features.deepstack_features[0]).exp()  # the log(size) bias of each image feature
+    assert sizes.shape == (2, 48, 1)
+    torch.testing.assert_close(sizes.sum(dim=1), torch.full((2, 1), 64.0))  # [CLS] dropped, each patch once
     with pytest.raises(ValueError, match="get_image_features"):
         model.model.vision_tower(inputs["pixel_values"])
+    # the stock base model, patched, is the inner model of the Turbo class
+    base = apply_turbo(LlavaModel.from_pretrained(stock_folder).eval(), r=8)
+    with torch.no_grad():
+        torch.testing.assert_close(base(**inputs).last_hidden_state, model.model(**inputs).last_hidden_state)
 
 
 def reference_logits(model, inputs, with_bias=True):
@@ -206,9 +218,10 @@ def reference_logits(model, inputs, with_bias=True):
         image = inputs["input_ids"] == IMAGE_TOKEN_ID
         embeds = embeds.masked_scatter(image[..., None], torch.cat(features.pooler_output))
         bias = torch.zeros(image.shape)
-        bias[image] = features.image_token_sizes.flatten().log()
+        bias[image] = torch.cat(features.deepstack_features[0]).flatten()
         length = image.shape[1]
-        allowed = torch.ones(length, length, dtype=torch.bool).tril()[None] & inputs["attention_mask"].bool()[:, None, :]
+        causal = torch.ones(length, length, dtype=torch.bool).tril()
+        allowed = causal[None] & inputs["attention_mask"].bool()[:, None, :]
         mask = torch.where(allowed, bias[:, None, :] if with_bias else 0.0, torch.finfo(torch.float32).min)
         hidden = llava.language_model(inputs_embeds=embeds, attention_mask=mask[:, None]).last_hidden_state
         return model.lm_head(hidden)
@@ -242,6 +255,9 @@ def test_kv_cache_carries_the_bias_through_generate(stock_folder, attn):
         )[:, -1]
         torch.testing.assert_close(out.logits[step], full, atol=1e-5, rtol=1e-5)
     assert torch.equal(generate(model, inputs, cache_implementation="static"), new_tokens)
+    # chunked prefill: the image features, their bias and the cache are split over 4 forward calls
+    chunked = generate(model, inputs, prefill_chunk_size=16, output_logits=True, return_dict_in_generate=True)
+    torch.testing.assert_close(torch.stack(chunked.logits), torch.stack(out.logits), atol=1e-5, rtol=1e-5)
 
 
 def test_batched_equals_one_by_one(stock_folder):
@@ -254,6 +270,9 @@ def test_batched_equals_one_by_one(stock_folder):
         assert single["input_ids"].shape[1] <= batch["input_ids"].shape[1]
         torch.testing.assert_close(logits(model, single)[:, -1], batched_logits[row : row + 1], atol=1e-5, rtol=1e-5)
         assert torch.equal(generate(model, single), batched_ids[row : row + 1])
+    # beam search expands the merged features and their bias per beam
+    beams = generate(model, batch, num_beams=2)
+    assert torch.equal(beams, torch.cat([generate(model, encode(processor, (row,)), num_beams=2) for row in range(2)]))
 
 
 def test_eager_and_sdpa_agree_while_merging(stock_folder):
@@ -341,7 +360,7 @@ def run_remote(folder, tensors_path):
               torch.equal(logits, expected_logits), torch.equal(new, expected_new))
         """
     )
-    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
 
 

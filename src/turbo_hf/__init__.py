@@ -7,6 +7,16 @@ from .patching import apply_turbo, get_turbo_config, is_turbo_applied, remove_tu
 from .real_weights import fetch_real_weights
 from .registry import supported_classes
 from .adapter_bert import TurboBertConfig, TurboBertModel
+from .adapter_blip import (
+    TurboBlipConfig,
+    TurboBlipForConditionalGeneration,
+    TurboBlipForImageTextRetrieval,
+    TurboBlipForQuestionAnswering,
+    TurboBlipModel,
+    TurboBlipVisionConfig,
+    TurboBlipVisionModel,
+)
+from .adapter_blip2 import TurboBlip2Config, TurboBlip2ForConditionalGeneration, TurboBlip2ForImageTextRetrieval
 from .adapter_clip import (
     TurboCLIPConfig,
     TurboCLIPForImageClassification,
@@ -24,7 +34,10 @@ from .adapter_siglip import (
     TurboSiglipVisionModel,
 )
 from .adapter_text_towers import TurboCLIPTextModel, TurboSiglipTextModel
+from .adapter_instructblip import TurboInstructBlipConfig, TurboInstructBlipForConditionalGeneration
+from .adapter_llava import TurboLlavaConfig, TurboLlavaForConditionalGeneration, TurboLlavaModel
 from .adapter_vit import TurboViTConfig, TurboViTForImageClassification, TurboViTModel
+from .processing_turbo_llava import TurboLlavaProcessor
 from .auto_classes import register_auto_classes
 
 register_auto_classes()
@@ -36,6 +49,16 @@ __all__ = [
     "TurboConfig",
     "TurboBertConfig",
     "TurboBertModel",
+    "TurboBlip2Config",
+    "TurboBlip2ForConditionalGeneration",
+    "TurboBlip2ForImageTextRetrieval",
+    "TurboBlipConfig",
+    "TurboBlipForConditionalGeneration",
+    "TurboBlipForImageTextRetrieval",
+    "TurboBlipForQuestionAnswering",
+    "TurboBlipModel",
+    "TurboBlipVisionConfig",
+    "TurboBlipVisionModel",
     "TurboCLIPConfig",
     "TurboCLIPForImageClassification",
     "TurboCLIPModel",
@@ -47,6 +70,12 @@ __all__ = [
     "TurboDinov2Model",
     "TurboCLIPTextModel",
     "TurboSiglipTextModel",
+    "TurboInstructBlipConfig",
+    "TurboInstructBlipForConditionalGeneration",
+    "TurboLlavaConfig",
+    "TurboLlavaForConditionalGeneration",
+    "TurboLlavaModel",
+    "TurboLlavaProcessor",
     "TurboSiglipConfig",
     "TurboSiglipForImageClassification",
     "TurboSiglipModel",

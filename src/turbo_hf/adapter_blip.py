@@ -202,21 +202,7 @@ def image_attention_bias(vision: nn.Module, vision_outputs) -> torch.Tensor | No
 
 
 class TurboBlipTextBridge:
-    """What the public BLIP classes share: the image bias and the cross-attention modules that take it."""
-
-    def _turbo_cross_attention(self) -> None:
-        """Give the image-reading cross-attention modules the Turbo class (idempotent).
-
-        `apply_turbo` swaps classes inside the vision encoder only, so this runs when a public class is built and
-        at the start of every forward/generate (for models patched with `apply_turbo`). Each swap is recorded in
-        the Turbo patch, so `remove_turbo` gives the stock class back.
-        """
-        patch = getattr(self, "_turbo_patch", None)
-        for module in image_cross_attention_modules(self):
-            if type(module) is BlipTextAttention:
-                module.__class__ = TurboBlipTextCrossAttention
-                if patch is not None:
-                    patch.swapped.append((module, BlipTextAttention))
+    """What the public BLIP classes share: the bias over the image tokens for their text cross-attention."""
 
     def _image_mask(self, vision_outputs) -> torch.Tensor | None:
         return image_attention_bias(self.vision_model, vision_outputs)
@@ -276,7 +262,6 @@ class TurboBlipForConditionalGeneration(TurboHubMixin, TurboBlipTextBridge, Blip
     def __init__(self, config: BlipConfig):
         super().__init__(config)
         apply_turbo_from_config(self)
-        self._turbo_cross_attention()
 
     @can_return_tuple
     def forward(
@@ -289,7 +274,6 @@ class TurboBlipForConditionalGeneration(TurboHubMixin, TurboBlipTextBridge, Blip
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> TurboBlipForConditionalGenerationModelOutput:
-        self._turbo_cross_attention()
         vision_outputs = self.vision_model(
             pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
         )
@@ -325,7 +309,6 @@ class TurboBlipForConditionalGeneration(TurboHubMixin, TurboBlipTextBridge, Blip
         **generate_kwargs,
     ) -> torch.LongTensor:
         """The stock `generate`, with the image tokens' `log(size)` bias in the decoder's cross-attention."""
-        self._turbo_cross_attention()
         batch_size = pixel_values.shape[0]
         vision_outputs = self.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         image_embeds = vision_outputs.last_hidden_state
@@ -368,7 +351,6 @@ class TurboBlipForImageTextRetrieval(TurboHubMixin, TurboBlipTextBridge, BlipFor
     def __init__(self, config: BlipConfig):
         super().__init__(config)
         apply_turbo_from_config(self)
-        self._turbo_cross_attention()
 
     @can_return_tuple
     def forward(
@@ -380,7 +362,6 @@ class TurboBlipForImageTextRetrieval(TurboHubMixin, TurboBlipTextBridge, BlipFor
         interpolate_pos_encoding: bool = False,
         **kwargs,
     ) -> TurboBlipImageTextMatchingModelOutput:
-        self._turbo_cross_attention()
         vision_outputs = self.vision_model(
             pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
         )
@@ -427,7 +408,6 @@ class TurboBlipForQuestionAnswering(TurboHubMixin, TurboBlipTextBridge, BlipForQ
     def __init__(self, config: BlipConfig):
         super().__init__(config)
         apply_turbo_from_config(self)
-        self._turbo_cross_attention()
 
     @can_return_tuple
     def forward(
@@ -447,7 +427,6 @@ class TurboBlipForQuestionAnswering(TurboHubMixin, TurboBlipTextBridge, BlipForQ
                 " `BlipForQuestionAnswering`. if you are training the model make sure that `labels` is passed, if you"
                 " are using the model for inference make sure that `decoder_input_ids` is passed or call `generate`"
             )
-        self._turbo_cross_attention()
         vision_outputs = self.vision_model(
             pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
         )
@@ -492,7 +471,6 @@ class TurboBlipForQuestionAnswering(TurboHubMixin, TurboBlipTextBridge, BlipForQ
         **generate_kwargs,
     ) -> torch.LongTensor:
         """The stock `generate`, with the image tokens' `log(size)` bias in the question encoder's cross-attention."""
-        self._turbo_cross_attention()
         vision_outputs = self.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         image_embeds = vision_outputs.last_hidden_state
         if isinstance(input_ids, list):
@@ -530,7 +508,6 @@ class TurboBlipModel(TurboHubMixin, TurboBlipTextBridge, BlipModel):
     def __init__(self, config: BlipConfig):
         super().__init__(config)
         apply_turbo_from_config(self)
-        self._turbo_cross_attention()
 
     def get_multimodal_features(
         self,
@@ -539,7 +516,6 @@ class TurboBlipModel(TurboHubMixin, TurboBlipTextBridge, BlipModel):
         attention_mask: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
     ) -> torch.Tensor:
-        self._turbo_cross_attention()
         vision_outputs = self.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         text_outputs = self.text_model(
             input_ids=input_ids,
@@ -561,8 +537,12 @@ TurboBlipModel.turbo_auto_classes = {
     "AutoModel": TurboBlipModel,
     "AutoModelForZeroShotImageClassification": TurboBlipModel,
 }
-TurboBlipForConditionalGeneration.turbo_auto_classes = {"AutoModelForImageTextToText": TurboBlipForConditionalGeneration}
-TurboBlipForQuestionAnswering.turbo_auto_classes = {"AutoModelForVisualQuestionAnswering": TurboBlipForQuestionAnswering}
+TurboBlipForConditionalGeneration.turbo_auto_classes = {
+    "AutoModelForImageTextToText": TurboBlipForConditionalGeneration,
+}
+TurboBlipForQuestionAnswering.turbo_auto_classes = {
+    "AutoModelForVisualQuestionAnswering": TurboBlipForQuestionAnswering,
+}
 # no Auto class maps to BLIP retrieval: only its own folders name it (remote code), it is not registered
 TurboBlipForImageTextRetrieval.turbo_auto_classes = {"AutoModel": TurboBlipForImageTextRetrieval}
 TurboBlipVisionModel.turbo_auto_classes = VISION_AUTO_CLASSES
@@ -587,7 +567,9 @@ register_adapter(
             BlipVisionModel: TurboBlipVisionModel,
             BlipEncoderLayer: TurboBlipEncoderLayer,
             BlipAttention: TurboBlipAttention,
+            BlipTextAttention: TurboBlipTextCrossAttention,
         },
+        extra_modules=image_cross_attention_modules,
         attention_attr="self_attn",
         mlp_attr="mlp",
         hub_classes={TurboBlipConfig: BLIP_AUTO_CLASSES, TurboBlipVisionConfig: VISION_AUTO_CLASSES},

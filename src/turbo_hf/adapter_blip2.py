@@ -40,7 +40,7 @@ from transformers.utils.output_capturing import capture_outputs
 from .adapter_clip import pre_norm_layer_forward
 from .configuration_turbo import TurboConfig
 from .hub_export import TurboHubMixin
-from .merging import proportional_bias
+from .merging import proportional_bias, unmerge
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import TurboModelOutputWithPooling, run_layers
@@ -75,8 +75,10 @@ def fused_qkv_attention(
     query_states, key_states, value_states = mixed_qkv[0], mixed_qkv[1], mixed_qkv[2]
     implementation = module.config._attn_implementation
     if attention_mask is not None and implementation == "flex_attention":
-        # flex reads a tensor mask as score_mask[b][0][q][kv]: give the query axis its full length (a view)
-        attention_mask = attention_mask.expand(-1, -1, tgt_len, -1)
+        # flex: a tensor mask goes through its `score_mask` path, which crashes on CPU (torch 2.13); its
+        # `position_bias` path indexes [b, h, q, kv] and takes the same additive bias as a broadcast view
+        kwargs["position_bias"] = attention_mask.expand(-1, module.num_heads, tgt_len, -1)
+        attention_mask = None
     attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_fn)
     attn_output, attn_weights = attention_interface(
         module,
@@ -127,27 +129,39 @@ class TurboBlip2VisionModel(Blip2VisionModel):
     forward = turbo_vision_forward
 
 
-def qformer_image_mask(vision_model: nn.Module, vision_outputs, image_embeds: torch.Tensor, dtype: torch.dtype):
-    """The `encoder_attention_mask` the Q-Former gets for the image tokens.
+def qformer_image_inputs(
+    vision_model: nn.Module, vision_outputs, qformer: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image tokens and the `encoder_attention_mask` the Q-Former cross-attends to.
 
-    The stock all-ones (B, N) mask when no token merged (r=0, pruning, `restore_output=True` or
-    `proportional_attention=False`), so the Q-Former computes exactly what it does in the stock model;
-    otherwise the `log(size)` bias as a 4D float mask (B, 1, 1, N') in the Q-Former's dtype, which the
-    Q-Former's mask builder passes through unchanged to its cross-attention (eager, SDPA and flex).
+    - No token merged (r=0, pruning, `restore_output=True` or `proportional_attention=False`): the encoder
+      output and the stock all-ones (B, N) mask, so the Q-Former computes exactly what it does in the stock
+      model.
+    - Tokens merged: the merged tokens and the `log(size)` bias as a 4D float mask (B, 1, 1, N') in the
+      Q-Former's dtype; the Q-Former's mask builder passes a 4D mask through unchanged to its cross-attention,
+      and eager and SDPA add it to the logits.
+    - Tokens merged and a Q-Former on `flex_attention`, which reads a tensor mask through a `score_mask`
+      path that crashes on CPU: the merged tokens unmerged (each copied to every patch it holds) with the
+      stock mask. Softmax over `size` copies of a key equals adding `log(size)` to its logit, so this is the
+      same proportional attention, at the cost of cross-attention keys for all N tokens.
     """
+    image_embeds = vision_outputs.last_hidden_state
     sizes = getattr(vision_outputs, "token_sizes", None)
     source = getattr(vision_outputs, "token_source", None)
     runtime = getattr(vision_model, "turbo_runtime", None)
-    if (
+    merged = (
         sizes is not None
         and source is not None
         and runtime is not None
         and runtime.config.proportional_attention
         and runtime.config.reduction == "merge"
         and sizes.shape[1] < source.shape[1]
-    ):
-        return proportional_bias(sizes.to(image_embeds.device), dtype)
-    return torch.ones(image_embeds.size()[:-1], dtype=torch.long, device=image_embeds.device)
+    )
+    if merged and qformer.config._attn_implementation == "flex_attention":
+        image_embeds = unmerge(image_embeds, source)
+    elif merged:
+        return image_embeds, proportional_bias(sizes.to(image_embeds.device), qformer_dtype(qformer))
+    return image_embeds, torch.ones(image_embeds.size()[:-1], dtype=torch.long, device=image_embeds.device)
 
 
 def qformer_dtype(qformer: nn.Module) -> torch.dtype:
@@ -203,18 +217,15 @@ class TurboBlip2ForConditionalGeneration(TurboHubMixin, Blip2ForConditionalGener
         vision_outputs = self.vision_model(
             pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
         )
-        image_embeds = vision_outputs.last_hidden_state
         outputs = BaseModelOutputWithVisionQformerOutputs(
-            last_hidden_state=image_embeds,
+            last_hidden_state=vision_outputs.last_hidden_state,
             pooler_output=vision_outputs.pooler_output,
             hidden_states=vision_outputs.hidden_states,
             attentions=vision_outputs.attentions,
             vision_outputs=vision_outputs,
             qformer_outputs=None,
         )
-        image_attention_mask = qformer_image_mask(
-            self.vision_model, vision_outputs, image_embeds, qformer_dtype(self.qformer)
-        )
+        image_embeds, image_attention_mask = qformer_image_inputs(self.vision_model, vision_outputs, self.qformer)
         query_tokens = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
         qformer_outputs = self.qformer(
             query_embeds=query_tokens,
@@ -303,10 +314,7 @@ class TurboBlip2ForImageTextRetrieval(TurboHubMixin, Blip2ForImageTextRetrieval)
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        image_embeds = vision_outputs.last_hidden_state
-        image_attention_mask = qformer_image_mask(
-            self.vision_model, vision_outputs, image_embeds, qformer_dtype(self.qformer)
-        )
+        image_embeds, image_attention_mask = qformer_image_inputs(self.vision_model, vision_outputs, self.qformer)
         query_tokens = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
 
         if use_image_text_matching_head:
@@ -413,6 +421,6 @@ __all__ = [
     "TurboBlip2VisionModel",
     "fused_qkv_attention",
     "qformer_dtype",
-    "qformer_image_mask",
+    "qformer_image_inputs",
     "turbo_vision_forward",
 ]

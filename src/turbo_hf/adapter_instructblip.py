@@ -23,7 +23,7 @@ from transformers.models.instructblip.modeling_instructblip import (
 )
 from transformers.utils.generic import can_return_tuple
 
-from .adapter_blip2 import fused_qkv_attention, qformer_dtype, qformer_image_mask, turbo_vision_forward
+from .adapter_blip2 import fused_qkv_attention, qformer_image_inputs, turbo_vision_forward
 from .adapter_clip import pre_norm_layer_forward
 from .configuration_turbo import TurboConfig
 from .hub_export import TurboHubMixin
@@ -88,17 +88,14 @@ class TurboInstructBlipForConditionalGeneration(TurboHubMixin, InstructBlipForCo
         vision_outputs = self.vision_model(
             pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
         )
-        image_embeds = vision_outputs.last_hidden_state
         outputs = BaseModelOutputWithVisionQformerOutputs(
-            last_hidden_state=image_embeds,
+            last_hidden_state=vision_outputs.last_hidden_state,
             pooler_output=vision_outputs.pooler_output,
             hidden_states=vision_outputs.hidden_states,
             attentions=vision_outputs.attentions,
             vision_outputs=vision_outputs,
         )
-        image_attention_mask = qformer_image_mask(
-            self.vision_model, vision_outputs, image_embeds, qformer_dtype(self.qformer)
-        )
+        image_embeds, image_attention_mask = qformer_image_inputs(self.vision_model, vision_outputs, self.qformer)
         query_tokens = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
         query_attention_mask = torch.ones(query_tokens.size()[:-1], dtype=torch.long, device=image_embeds.device)
         if qformer_attention_mask is None:

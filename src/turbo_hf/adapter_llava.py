@@ -9,6 +9,9 @@ What changes against the stock model:
   language model itself (the stock causal/padding mask plus the bias). The per-position bias is kept on the
   KV cache object (`past_key_values.turbo_image_key_bias`, shape (B, seen tokens)), so each later decoding
   step in `generate()` (which no longer sees the image) applies it to the cached image keys as well.
+  `generate()` encodes the images once with `get_image_features` and expands (beam search) or slices (chunked
+  prefill) the output's `pooler_output` and `deepstack_features`; the per-feature `log(size)` travels in the
+  latter, so it stays aligned with the features.
 - Placeholders: the text must hold N' `<image>` tokens per image; `TurboLlavaProcessor`
   (`processing_turbo_llava.py`) counts them with the same schedule code, and a mismatch raises an error
   that names both counts.
@@ -65,7 +68,8 @@ def feature_depth(vision_feature_layer: int | list[int], num_layers: int) -> int
         depth = layer if layer >= 0 else num_layers + 1 + layer
         if not 0 <= depth <= num_layers:
             raise ValueError(
-                f"`vision_feature_layer={vision_feature_layer}` is out of range for a vision tower of {num_layers} layers."
+                f"`vision_feature_layer={vision_feature_layer}` is out of range for a vision tower of "
+                f"{num_layers} layers."
             )
         depths.append(depth)
     return max(depths)
@@ -74,7 +78,9 @@ def feature_depth(vision_feature_layer: int | list[int], num_layers: int) -> int
 def clip_layer_cost(vision_config) -> LayerCost:
     """Per-token MACs of a CLIP layer from its config (what `patching.layer_cost` counts on the modules)."""
     hidden, intermediate = vision_config.hidden_size, vision_config.intermediate_size
-    return LayerCost(attention_per_token=4 * hidden * hidden, mlp_per_token=2 * hidden * intermediate, hidden_size=hidden)
+    return LayerCost(
+        attention_per_token=4 * hidden * hidden, mlp_per_token=2 * hidden * intermediate, hidden_size=hidden
+    )
 
 
 def tower_tokens(vision_config, height: int | None = None, width: int | None = None) -> int:
@@ -158,12 +164,14 @@ class TurboLlavaImageOutput(TurboModelOutputWithPooling):
             The projected image features, one `(N', text_hidden_size)` tensor per image (what the language model
             receives).
         token_sizes, token_source: as in `TurboModelOutputWithPooling`, for `last_hidden_state`.
-        image_token_sizes (`torch.Tensor` of shape `(num_images, N', 1)`, *optional*):
-            How many patches each image feature stands for (None when nothing was merged); its `log` is the
-            attention bias of the image tokens inside the language model.
+        deepstack_features (`list[list[torch.Tensor]]`, *optional*):
+            `[[log_sizes_image_0, log_sizes_image_1, ...]]`, one `(N', 1)` float32 tensor per image: the `log(size)`
+            attention bias of each image feature inside the language model (None when nothing merged). It uses this
+            name because it is the per-placeholder field that `generate()` expands for beam search and slices for
+            chunked prefill together with `pooler_output`, so the bias follows the features everywhere.
     """
 
-    image_token_sizes: torch.Tensor | None = None
+    deepstack_features: list | None = None
 
 
 class TurboLlavaCLIPEncoder(CLIPEncoder):
@@ -201,9 +209,10 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
             return runtime
         if runtime.config.removes_tokens:
             raise ValueError(
-                f"Turbo was set up for the vision layers up to `vision_feature_layer={self.config.vision_feature_layer}` "
-                f"({runtime.num_layers} layers) and merges tokens there; this call selects a feature layer that needs "
-                f"{depth} layers. Change `config.vision_feature_layer` and apply Turbo again, or use r=0."
+                "Turbo was set up for the vision layers up to "
+                f"`vision_feature_layer={self.config.vision_feature_layer}` ({runtime.num_layers} layers) and merges "
+                f"tokens there; this call selects a feature layer that needs {depth} layers. Change "
+                "`config.vision_feature_layer` and apply Turbo again, or use r=0."
             )
         return TurboRuntime(TurboConfig(), depth, runtime.cost, protect_first=True, summary_query="cls")
 
@@ -229,8 +238,8 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
         """Image features after Turbo: the tower runs only up to the feature layer, merging tokens on the way.
 
         Returns:
-            `TurboLlavaImageOutput`: projected features per image in `pooler_output`, their sizes in
-            `image_token_sizes`.
+            `TurboLlavaImageOutput`: projected features per image in `pooler_output`, their `log(size)` in
+            `deepstack_features[0]`.
         """
         if image_sizes is not None:
             raise ValueError("Turbo for LLaVA supports fixed-size CLIP vision towers: `image_sizes` is not supported.")
@@ -269,7 +278,7 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
             pooler_output=list(image_features),
             token_sizes=size,
             token_source=source,
-            image_token_sizes=feature_sizes if merged else None,
+            deepstack_features=[list(torch.log(feature_sizes.float()))] if merged else None,
         )
 
     # -- placeholders --------------------------------------------------------------------------------------
@@ -299,9 +308,9 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
             raise ValueError(
                 f"The text holds {n_tokens} image tokens ({n_tokens / num_images:g} per image) but the model gives "
                 f"{n_features} image features for {num_images} image(s): {per_image} per image{merged}. "
-                "Expand each `<image>` into that many tokens: use a `turbo_hf.TurboLlavaProcessor` synced with this model "
-                "(`processor.sync_with(model)`, or `TurboLlavaProcessor.from_pretrained` of a folder where it was saved "
-                "after syncing)."
+                "Expand each `<image>` into that many tokens: use a `turbo_hf.TurboLlavaProcessor` synced with this "
+                "model (`processor.sync_with(model)`, or `TurboLlavaProcessor.from_pretrained` of a folder where it "
+                "was saved after syncing)."
             )
         return special_image_mask.unsqueeze(-1).to(inputs_embeds.device)
 
@@ -324,11 +333,11 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
         Returns `(mask, key_bias)`: the stock `attention_mask` and None when no key carries a bias; else a 4D
         float mask and the per-position bias of every token seen so far (B, past + Q), to keep on the cache.
         """
-        previous = getattr(past_key_values, CACHE_BIAS_ATTRIBUTE, None) if past_key_values is not None else None
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        previous = getattr(past_key_values, CACHE_BIAS_ATTRIBUTE, None) if past else None  # a reset cache has none
         if chunk_bias is None and previous is None:
             return attention_mask, None
         batch, q_length = inputs_embeds.shape[:2]
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
         key_bias = torch.zeros(batch, past + q_length, device=inputs_embeds.device, dtype=torch.float32)
         if previous is not None:
             if previous.shape[0] != batch:
@@ -423,10 +432,11 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
                 input_ids, inputs_embeds=inputs_embeds, image_features=image_features, num_images=len(features)
             )
             inputs_embeds = inputs_embeds.masked_scatter(special_image_mask, image_features)
-            sizes = getattr(image_outputs, "image_token_sizes", None)
-            if sizes is not None and self._proportional_llm():
+            log_sizes = getattr(image_outputs, "deepstack_features", None)
+            if log_sizes is not None and self._proportional_llm():
+                values = torch.cat([value.reshape(-1) for value in log_sizes[0]]).float()
                 chunk_bias = torch.zeros(inputs_embeds.shape[:2], device=inputs_embeds.device, dtype=torch.float32)
-                chunk_bias[special_image_mask[..., 0]] = torch.log(sizes.reshape(-1).float()).to(chunk_bias.device)
+                chunk_bias[special_image_mask[..., 0]] = values.to(chunk_bias.device)
 
         attention_mask, key_bias = self._language_model_mask(
             inputs_embeds, attention_mask, past_key_values, position_ids, chunk_bias
@@ -547,7 +557,11 @@ __all__ = [
     "TurboLlavaForConditionalGeneration",
     "TurboLlavaImageOutput",
     "TurboLlavaModel",
+    "check_feature_layer",
+    "clip_layer_cost",
     "feature_depth",
     "image_token_count",
+    "llava_runtime",
     "merged_token_count",
+    "tower_tokens",
 ]

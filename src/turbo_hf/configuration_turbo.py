@@ -10,6 +10,7 @@ MODES = ("turbo", "tome", "semantic", "random")
 REDUCTIONS = ("merge", "prune")
 SCHEDULES = ("constant", "decreasing")
 ALPHA_SCALES = ("length", "raw", "rank", "zscore")
+LLM_TEXT_QUERIES = ("last", "all")
 
 # Chosen from measurements on the real DINOv2-S/14 (see README, "Choosing alpha"): with the semantic value
 # normalised by its mean over the non-[CLS] tokens, a small weight keeps ToMe's quality at every length.
@@ -71,6 +72,14 @@ class TurboConfig(PreTrainedConfig):
             position it stands for), for heads and users that need one feature per patch.
         seed (`int`, defaults to 0):
             Seed of the `"random"` mode: the same seed removes the same tokens on every call.
+        llm_layers (`int` or `list[int]`, *optional*):
+            Vision-language models with a language model (LLaVA): the decoder layers (K >= 1) before which
+            image tokens are reduced inside the language model. Off (None) by default.
+        llm_keep (`int` or `list[int]`, *optional*):
+            Image tokens per image that stay after each of `llm_layers` (one count per layer, non-increasing).
+        llm_text_query (`str`, defaults to `"last"`):
+            Which text tokens give the semantic value of the image tokens inside the language model: the
+            `"last"` token of the prompt, or `"all"` text tokens (their attention rows averaged).
 
     Example:
 
@@ -96,6 +105,9 @@ class TurboConfig(PreTrainedConfig):
     proportional_attention: bool = True
     restore_output: bool = False
     seed: int = 0
+    llm_layers: int | list[int] | None = None
+    llm_keep: int | list[int] | None = None
+    llm_text_query: str = "last"
 
     def __post_init__(self, **kwargs):
         self._validate()
@@ -122,6 +134,7 @@ class TurboConfig(PreTrainedConfig):
             ratio = self.flops_ratio
             if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
                 raise ValueError(f"`flops_ratio` must be a number in (0, 1], got {ratio!r}.")
+        self._validate_llm()
         _allowed("schedule", self.schedule, SCHEDULES)
         _allowed("mode", self.mode, MODES)
         _allowed("reduction", self.reduction, REDUCTIONS)
@@ -135,6 +148,28 @@ class TurboConfig(PreTrainedConfig):
         for name in ("proportional_attention", "restore_output"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
+
+    def _validate_llm(self) -> None:
+        layers, keep = self.llm_layers, self.llm_keep
+        _allowed("llm_text_query", self.llm_text_query, LLM_TEXT_QUERIES)
+        if layers is None and keep is None:
+            return
+        if layers is None or keep is None:
+            raise ValueError("`llm_layers` and `llm_keep` go together: give both or neither.")
+        layers = [layers] if isinstance(layers, int) and not isinstance(layers, bool) else list(layers)
+        keep = [keep] if isinstance(keep, int) and not isinstance(keep, bool) else list(keep)
+        for value in layers:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`llm_layers` must hold decoder layer indices >= 1, got {self.llm_layers!r}.")
+        if layers != sorted(set(layers)):
+            raise ValueError(f"`llm_layers` must be strictly increasing, got {self.llm_layers!r}.")
+        for value in keep:
+            _non_negative_int("llm_keep", value)
+        if len(keep) != len(layers):
+            raise ValueError(f"`llm_keep` needs one count per entry of `llm_layers`: {keep!r} for {layers!r}.")
+        if keep != sorted(keep, reverse=True):
+            raise ValueError(f"`llm_keep` must not increase from one layer to the next, got {keep!r}.")
+        self.llm_layers, self.llm_keep = layers, keep
 
     def settings(self) -> dict:
         """The Turbo settings alone (no generic `PreTrainedConfig` fields), as a dict."""
@@ -156,6 +191,11 @@ class TurboConfig(PreTrainedConfig):
         if isinstance(self.r, list):
             return any(self.r)
         return bool(self.r)
+
+    @property
+    def reduces_llm_tokens(self) -> bool:
+        """Whether image tokens are also reduced inside a language model (`llm_layers`)."""
+        return self.llm_layers is not None
 
     def score_settings(self) -> dict:
         """The settings that decide which tokens merge, as plain values (for the merge core)."""
@@ -185,4 +225,4 @@ def as_turbo_config(value: TurboConfig | dict | None) -> TurboConfig:
     raise ValueError(f"`turbo_config` must be a TurboConfig, a dict or None, got {type(value).__name__}.")
 
 
-__all__ = ["TurboConfig", "as_turbo_config", "MODES", "REDUCTIONS", "SCHEDULES", "ALPHA_SCALES"]
+__all__ = ["TurboConfig", "as_turbo_config", "LLM_TEXT_QUERIES", "MODES", "REDUCTIONS", "SCHEDULES", "ALPHA_SCALES"]

@@ -42,7 +42,8 @@ def layer_cost(layer: nn.Module, adapter: FamilyAdapter) -> LayerCost:
     """Per-token MACs of a layer, counted from its Linear modules."""
     attention = _submodules(layer, adapter.attention_attr)
     mlp = _submodules(layer, adapter.mlp_attr)
-    hidden = max(m.out_features for part in attention for m in part.modules() if isinstance(m, nn.Linear))
+    # in_features, not out_features: a fused qkv projection (BLIP, BLIP-2) is 3x wider than the attention
+    hidden = max(m.in_features for part in attention for m in part.modules() if isinstance(m, nn.Linear))
     return LayerCost(
         attention_per_token=sum(_linear_macs(part) for part in attention),
         mlp_per_token=sum(_linear_macs(part) for part in mlp),
@@ -159,6 +160,8 @@ def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -
 
     vision_models = adapter.vision_models(model)
     targets = [model] + [m for vision in vision_models for m in vision.modules()]
+    if adapter.extra_modules is not None:
+        targets += adapter.extra_modules(model)
     stock_of = {turbo_class: stock_class for stock_class, turbo_class in adapter.class_map.items()}
     swapped, seen = [], set()
     for module in targets:

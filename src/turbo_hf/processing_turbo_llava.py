@@ -13,8 +13,8 @@ from .adapter_llava import (
     check_feature_layer,
     clip_layer_cost,
     feature_depth,
-    merged_token_count,
     llava_runtime,
+    merged_token_count,
 )
 from .configuration_turbo import TurboConfig, as_turbo_config
 from .schedules import LayerCost

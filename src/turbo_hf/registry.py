@@ -28,6 +28,8 @@ class FamilyAdapter:
         protect_first: whether token 0 is a [CLS] token that never merges.
         summary_query: `"cls"` or `"mean"`: which query gives the semantic value.
         tokens_for_config: the default number of tokens of a vision module, from its config.
+        extra_modules: returns modules outside the vision modules that `class_map` also swaps (exactly these
+            modules, not their children), e.g. the text cross-attention that must take the image tokens' bias.
         hub_classes: for each Turbo config class of the family (distinct `model_type`), the Auto class
             names and the public Turbo model classes registered for it.
     """
@@ -43,6 +45,7 @@ class FamilyAdapter:
     summary_query: str = "cls"
     tokens_for_config: Callable[[object], int] | None = None
     hub_classes: dict[type, dict[str, type]] = field(default_factory=dict)
+    extra_modules: Callable[[nn.Module], list[nn.Module]] | None = None
 
     def default_tokens(self, config) -> int:
         """Tokens the encoder sees at the config's image size ([CLS] included when there is one)."""
@@ -64,9 +67,17 @@ def _share_weight_conversions(adapter: FamilyAdapter) -> None:
     the Turbo names get the stock ones (registered explicitly, so they also apply under remote code).
     """
     pairs = [(stock.__name__, turbo.__name__) for stock, turbo in adapter.class_map.items()]
-    for config_class in adapter.hub_classes:
+    stock_of = {turbo: stock for stock, turbo in adapter.class_map.items()}
+    for config_class, auto_classes in adapter.hub_classes.items():
         stock_config = next(base for base in config_class.__mro__[1:] if getattr(base, "model_type", ""))
         pairs.append((stock_config.model_type, config_class.model_type))
+        # A stock checkpoint's config.json keeps the stock `model_type`, and Transformers skips `model_type`
+        # conversions for classes from outside the library: register them under the Turbo class names too
+        # (where the stock class has no class-specific mapping of its own).
+        for model_class in dict.fromkeys(auto_classes.values()):
+            stock = stock_of.get(model_class)
+            if stock is not None and get_checkpoint_conversion_mapping(stock.__name__) is None:
+                pairs.append((stock_config.model_type, model_class.__name__))
     for stock_name, turbo_name in pairs:
         conversions = get_checkpoint_conversion_mapping(stock_name)
         if conversions is not None:
