@@ -7,7 +7,6 @@ per session with pip from the package registry.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 
 import numpy as np
