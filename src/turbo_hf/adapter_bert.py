@@ -1,8 +1,9 @@
 """Turbo for BERT-style text encoders (`BertModel`, e.g. sentence-transformers' MiniLM).
 
 [CLS] (position 0) is protected and gives the semantic value; padding never merges. The output carries
-`token_sizes`, `token_source` and `token_mask`; `turbo_hf.unmerge(last_hidden_state, token_source)` with the
-input attention mask gives the exact size-weighted version of mean pooling.
+`token_sizes`, `token_source` and `token_mask`; with `reduction="merge"`,
+`turbo_hf.unmerge(last_hidden_state, token_source)` with the input attention mask gives the exact size-weighted
+version of mean pooling (with `"prune"`, a pruned token is restored as a copy of its partner).
 """
 
 from __future__ import annotations
