@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tiny_models import build, inputs
-from turbo_hf import TurboConfig, calibrate, is_turbo_applied, turbo
+from turbo_hf import TurboConfig, apply_turbo, calibrate, get_turbo_config, is_turbo_applied, turbo
 from turbo_hf.calibration import default_candidates, extract_features, fidelity, pooled_features
 
 
@@ -50,3 +50,13 @@ def test_pooled_features_join_summary_and_mean_of_restored_tokens():
     sizes = out.token_sizes
     weighted = (out.last_hidden_state * sizes).sum(1) / sizes.sum(1)
     torch.testing.assert_close(features[:, 32:], weighted, atol=1e-5, rtol=1e-5)
+
+
+def test_calibrating_a_patched_model_compares_with_stock_and_keeps_the_patch():
+    model = build("dinov2")
+    pixels = inputs("dinov2", batch=4)["pixel_values"]
+    stock_result = calibrate(model, pixels, r=6, candidates=[{"mode": "tome"}], show_progress=False)
+    apply_turbo(model, TurboConfig(r=3, mode="random"))
+    result = calibrate(model, pixels, r=6, candidates=[{"mode": "tome"}], show_progress=False)
+    assert result.fidelity == pytest.approx(stock_result.fidelity)
+    assert is_turbo_applied(model) and get_turbo_config(model).mode == "random"

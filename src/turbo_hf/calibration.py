@@ -15,7 +15,7 @@ from transformers.utils import logging
 
 from .configuration_turbo import TurboConfig
 from .merging import unmerge
-from .patching import turbo
+from .patching import apply_turbo, get_turbo_config, remove_turbo, turbo
 from .registry import find_adapter
 
 logger = logging.get_logger(__name__)
@@ -105,7 +105,7 @@ def calibrate(
     """Choose Turbo settings for `model` at a reduction, by fidelity to the stock model's features.
 
     Args:
-        model: a supported stock model (patched and restored here; left as it was).
+        model: a supported model, stock or patched (compared with its stock self; left as it was).
         pixel_values: a few unlabeled images, preprocessed for the model (32 are usually enough).
         r / flops_ratio: the reduction to calibrate for (exactly one of them).
         candidates: settings to compare (dicts of `TurboConfig` fields); `default_candidates` if None.
@@ -131,6 +131,9 @@ def calibrate(
     base_settings = base.settings() if base is not None else {}
     base_settings.pop("r", None)
     base_settings.pop("flops_ratio", None)
+    patched_with = get_turbo_config(model)
+    if patched_with is not None:
+        remove_turbo(model)
     reference = extract_features(model, pixel_values, batch_size)
     if candidates is None:
         adapter = find_adapter(model)
@@ -142,6 +145,8 @@ def calibrate(
             score = fidelity(reference, extract_features(model, pixel_values, batch_size))
         rows.append({**settings, "fidelity": score})
         logger.info(f"calibrate: {settings} -> fidelity {score:.5f}")
+    if patched_with is not None:
+        apply_turbo(model, patched_with)
     rows.sort(key=lambda row: row["fidelity"], reverse=True)
     best = {k: v for k, v in rows[0].items() if k != "fidelity"}
     config = TurboConfig(**{**base_settings, **best, "r": r, "flops_ratio": flops_ratio})

@@ -89,7 +89,8 @@ def get_turbo_config(model: nn.Module) -> TurboConfig | None:
 
 
 def turbo_plan(model: nn.Module, num_tokens: int | None = None) -> dict:
-    """What a patched model does for an input of `num_tokens` tokens (default: its config's image size).
+    """What a patched model does for an input of `num_tokens` tokens (default: its config's image size, which
+    may differ from the size you feed: DINOv2 checkpoints say 518 px, so pass `num_tokens` for 224 px inputs).
 
     Returns:
         A dict with the per-layer `schedule`, the `token_counts` entering each layer (and the final count),
