@@ -37,3 +37,20 @@ def test_bad_arguments_end_with_a_clear_message(converted, tmp_path, capsys):
     assert "`r` must be a non-negative integer" in capsys.readouterr().err
     assert main(["calibrate", "--model", str(converted)]) == 2
     assert "needs --r or --flops-ratio" in capsys.readouterr().err
+
+
+def test_bench_and_visualize_commands(converted, tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    from skimage import data
+    from PIL import Image
+
+    Image.fromarray(data.chelsea()).save(photo)
+    out = tmp_path / "merges.png"
+    args = ["visualize", "--model", str(converted), "--image", str(photo), "--r", "2", "--image-size", "56"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert "17 -> " in capsys.readouterr().out and out.stat().st_size > 1000
+    args = ["bench", "--model", str(converted), "--r", "0,2", "--batch-sizes", "1", "--repeats", "1"]
+    assert main([*args, "--image-size", "56", "--no-flops", "--out", str(tmp_path / "bench")]) == 0
+    printed = capsys.readouterr().out
+    assert "| 1 | tome r=2 |" in printed and "| 1 | turbo r=2 |" in printed
+    assert (tmp_path / "bench" / "bench.json").exists()

@@ -1,4 +1,4 @@
-"""The `turbo-hf` command line: `fetch`, `demo`, `calibrate` and `export`."""
+"""The `turbo-hf` command line: `fetch`, `demo`, `calibrate`, `bench`, `visualize` and `export`."""
 
 from __future__ import annotations
 
@@ -103,6 +103,43 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ints(text: str) -> list[int]:
+    return [int(value) for value in text.split(",") if value.strip()]
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .benchmarking import run_bench
+
+    result = run_bench(
+        args.model,
+        r_values=args.r,
+        batch_sizes=args.batch_sizes,
+        modes=args.modes,
+        image_size=args.image_size,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        device=args.device,
+        out_dir=args.out,
+        preset=args.preset,
+        dtype=args.dtype,
+        attn=args.attn,
+        flops=not args.no_flops,
+    )
+    print(Path(result["files"]["markdown"]).read_text())
+    return 0
+
+
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    from .benchmarking import visualize_merges
+
+    info = visualize_merges(
+        args.model, args.image, args.r, args.out, mode=args.mode, image_size=args.image_size,
+        preset=args.preset, alpha=args.alpha,
+    )
+    print(f"{info['path']}: {info['tokens_in']} -> {info['tokens_out']} tokens, {info['merged_groups']} merged groups")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_model
 
@@ -141,6 +178,33 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--image-size", type=int, default=None)
     calibrate.add_argument("--out", type=Path, default=Path("turbo_config.json"))
     calibrate.set_defaults(func=_cmd_calibrate)
+    bench = commands.add_parser("bench", help="measured speed of Turbo modes against the stock model")
+    bench.add_argument("--model", required=True, help="model folder or Hub id")
+    bench.add_argument("--r", type=_ints, default=[0, 8, 16], help="comma-separated r values (0 = stock)")
+    bench.add_argument("--batch-sizes", type=_ints, default=[1, 8])
+    bench.add_argument("--modes", default="tome,turbo", help="comma-separated: tome, turbo, semantic, random")
+    bench.add_argument("--image-size", type=int, default=None)
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--preset", default=None, help="preset name from configs/ or a preset JSON")
+    bench.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
+    bench.add_argument("--attn", choices=["eager", "sdpa"], default=None)
+    bench.add_argument("--no-flops", action="store_true", help="skip counting FLOPs")
+    bench.add_argument("--out", type=Path, default=Path("bench_results"))
+    bench.set_defaults(func=_cmd_bench)
+
+    visualize = commands.add_parser("visualize", help="draw what Turbo merges in an image")
+    visualize.add_argument("--model", required=True)
+    visualize.add_argument("--image", required=True)
+    visualize.add_argument("--r", type=int, default=16)
+    visualize.add_argument("--mode", choices=MODES, default="turbo")
+    visualize.add_argument("--image-size", type=int, default=None)
+    visualize.add_argument("--preset", default=None)
+    visualize.add_argument("--alpha", type=float, default=None)
+    visualize.add_argument("--out", type=Path, default=Path("merges.png"))
+    visualize.set_defaults(func=_cmd_visualize)
+
     export = commands.add_parser("export", help="a stock checkpoint + a preset -> a Turbo model folder for the Hub")
     export.add_argument("--base", required=True, help="Hub id or local folder of the stock checkpoint")
     export.add_argument("--preset", required=True, help="a preset name from configs/ or a preset JSON file")
