@@ -19,7 +19,8 @@ class FamilyAdapter:
     Attributes:
         name: family name, e.g. `"vit"`.
         model_classes: the stock classes `apply_turbo` accepts for this family.
-        vision_models: returns the modules that own the vision layers (each gets a Turbo forward).
+        vision_models: returns the modules that own the merging layers (each gets a Turbo forward): the vision
+            towers, or the encoder itself for text families.
         layers: returns the `nn.ModuleList` of layers of such a module.
         class_map: stock class -> Turbo subclass, applied (by exact type) to the model itself, to the vision
             modules and to everything inside them; other modules (a text tower) are never touched.
