@@ -60,3 +60,8 @@ def test_apply_twice_replaces_the_settings_and_remove_needs_a_patch():
     assert type(model).__name__ == "Dinov2Model"
     with pytest.raises(ValueError, match="no Turbo patch"):
         remove_turbo(model)
+
+
+def test_language_model_settings_are_refused_without_a_language_model():
+    with pytest.raises(ValueError, match="llm_layers.*ViTModel has none"):
+        apply_turbo(build("vit"), TurboConfig(r=2, llm_layers=[1], llm_keep=[4]))

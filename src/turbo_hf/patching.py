@@ -155,6 +155,13 @@ def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -
     else:
         config = as_turbo_config(config)
     adapter = find_adapter(model)
+    if adapter.validate is not None:  # before anything changes: a refused config leaves the model as it was
+        adapter.validate(model, config)
+    elif config.reduces_llm_tokens:
+        raise ValueError(
+            f"`llm_layers`/`llm_keep` reduce image tokens inside a language model; {type(model).__name__} has "
+            "none (they apply to LLaVA)."
+        )
     if is_turbo_applied(model):
         remove_turbo(model)
     runtimes = _build_runtimes(model, adapter, config)

@@ -31,6 +31,9 @@ class FamilyAdapter:
         tokens_for_config: the default number of tokens of a vision module, from its config.
         extra_modules: returns modules outside the vision modules that `class_map` also swaps (exactly these
             modules, not their children), e.g. the text cross-attention that must take the image tokens' bias.
+        validate: called by `apply_turbo` as `validate(model, config)` before anything is swapped; raises a
+            `ValueError` for settings this model cannot run (e.g. `llm_layers` beyond its language model).
+            Families without it refuse the language-model settings (`llm_layers`).
         hub_classes: for each Turbo config class of the family (distinct `model_type`), the Auto class
             names and the public Turbo model classes registered for it.
     """
@@ -47,6 +50,7 @@ class FamilyAdapter:
     tokens_for_config: Callable[[object], int] | None = None
     hub_classes: dict[type, dict[str, type]] = field(default_factory=dict)
     extra_modules: Callable[[nn.Module], list[nn.Module]] | None = None
+    validate: Callable[[nn.Module, object], None] | None = None
 
     def default_tokens(self, config) -> int:
         """Tokens the encoder sees at the config's image size ([CLS] included when there is one)."""
