@@ -428,3 +428,20 @@ def test_unsupported_settings_and_models_are_refused():
     next_config = LlavaNextConfig(vision_config=llava_config().vision_config, text_config=llava_config().text_config)
     with pytest.raises(ValueError, match="Turbo does not support LlavaNextForConditionalGeneration"):
         apply_turbo(LlavaNextForConditionalGeneration(next_config), r=4)
+
+
+def test_export_with_the_llava_preset_saves_a_synced_processor(stock_folder, tmp_path):
+    from transformers import LlavaProcessor
+
+    from turbo_hf.export import export_model
+
+    LlavaProcessor(**processor_parts()).save_pretrained(stock_folder)
+    out = export_model(stock_folder, "llava-1.5-7b", tmp_path / "turbo", overrides={"r": 4})
+    processor = TurboLlavaProcessor.from_pretrained(out)
+    model = TurboLlavaForConditionalGeneration.from_pretrained(out).eval()
+    batch = encode(processor)
+    with torch.no_grad():
+        features = model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
+    per_image = sum(f.shape[0] for f in features) // 2 if isinstance(features, (list, tuple)) else features.shape[1]
+    assert per_image == 64 - 2 * 4  # 2 tower layers run (feature layer -2), [CLS] dropped
+    assert int((batch["input_ids"] == IMAGE_TOKEN_ID).sum()) == 2 * per_image

@@ -24,6 +24,9 @@ def export_model(
 ) -> Path:
     """Build the preset's Turbo class from `base`, save it as a Hub folder with its processor and card.
 
+    The processor is the preset's `processor_class` (synced with the model, e.g. `TurboLlavaProcessor`) or
+    `AutoProcessor`.
+
     Args:
         base: a Hub id or a local folder of the stock checkpoint.
         preset: a preset name from `configs/` or a preset JSON path.
@@ -58,11 +61,14 @@ def export_model(
         "sources": spec.get("sources"),
     }
     model.save_pretrained(out, model_card=card)
+    processor_class = getattr(turbo_hf, spec["processor_class"]) if spec.get("processor_class") else AutoProcessor
     try:
-        processor = AutoProcessor.from_pretrained(base)
+        processor = processor_class.from_pretrained(base)
     except (OSError, ValueError, KeyError) as error:
         logger.warning(f"No processor saved with the model ({error}).")
     else:
+        if hasattr(processor, "sync_with"):  # a processor whose token counts follow the model's merging
+            processor.sync_with(model)
         processor.save_pretrained(out)
     return out
 
