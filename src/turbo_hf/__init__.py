@@ -16,6 +16,14 @@ from .adapter_blip import (
     TurboBlipVisionConfig,
     TurboBlipVisionModel,
 )
+from .adapter_blip_text import (
+    BlipTextTurboSettings,
+    TurboBlipTextItmModel,
+    TurboBlipTextItmOutput,
+    apply_blip_text_turbo,
+    blip_text_turbo_settings,
+    remove_blip_text_turbo,
+)
 from .adapter_blip2 import TurboBlip2Config, TurboBlip2ForConditionalGeneration, TurboBlip2ForImageTextRetrieval
 from .adapter_clip import (
     TurboCLIPConfig,
@@ -45,6 +53,7 @@ register_auto_classes()
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlipTextTurboSettings",
     "CalibrationResult",
     "TurboConfig",
     "TurboBertConfig",
@@ -58,6 +67,8 @@ __all__ = [
     "TurboBlipForQuestionAnswering",
     "TurboBlipModel",
     "TurboBlipVisionConfig",
+    "TurboBlipTextItmModel",
+    "TurboBlipTextItmOutput",
     "TurboBlipVisionModel",
     "TurboCLIPConfig",
     "TurboCLIPForImageClassification",
@@ -84,11 +95,14 @@ __all__ = [
     "TurboViTConfig",
     "TurboViTForImageClassification",
     "TurboViTModel",
+    "apply_blip_text_turbo",
     "apply_turbo",
+    "blip_text_turbo_settings",
     "calibrate",
     "fetch_real_weights",
     "get_turbo_config",
     "is_turbo_applied",
+    "remove_blip_text_turbo",
     "remove_turbo",
     "supported_classes",
     "turbo",
