@@ -16,7 +16,6 @@ import pytest
 import torch
 from PIL import Image
 
-from turbo_hf import supported_classes
 from turbo_hf.evaluation import (
     UsageError,
     build_settings,
@@ -31,9 +30,7 @@ from turbo_hf.evaluation import (
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
-BLIP_SUPPORTED = "BlipForConditionalGeneration" in supported_classes()
-# Turbo settings of the BLIP paths run once src/turbo_hf/adapter_blip.py is registered; the stock path always
-BLIP_MODES = "none,turbo" if BLIP_SUPPORTED else "none"
+BLIP_MODES = "none,turbo"
 
 # name -> (class, captions, question, answer)
 PHOTOS = {
@@ -261,8 +258,7 @@ def test_captioning_blip(assets, tmp_path):
         assert "[DEC]" not in " ".join(metrics["captions"])
         assert {"BLEU-4", "CIDEr", "ROUGE-L", "BLEU-1"} <= set(metrics) and metrics["METEOR"] is None
     assert (tmp_path / "captioning.md").read_text().count("n/a") >= len(payload["rows"])
-    if BLIP_SUPPORTED:
-        assert payload["rows"][1]["plan"]["final_tokens"] == 65 - 2 * 6
+    assert payload["rows"][1]["plan"]["final_tokens"] == 65 - 2 * 6
 
 
 def test_vqa_blip(assets, tmp_path):
