@@ -24,7 +24,7 @@ from .hub_export import TurboHubMixin
 from .merging import unmerge
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
-from .turbo_encoder import LayerStep, TurboModelOutputWithPooling, projected_attention, run_layers
+from .turbo_encoder import LayerStep, TurboModelOutputWithPooling, ProjectedAttentionMixin, run_layers
 
 
 class TurboCLIPConfig(CLIPConfig):
@@ -43,18 +43,9 @@ class TurboCLIPVisionConfig(CLIPVisionConfig):
     turbo_config: dict | TurboConfig | None = None
 
 
-class TurboCLIPAttention(CLIPAttention):
-    def forward(self, hidden_states, attention_mask=None, **kwargs):
-        return projected_attention(
-            self,
-            hidden_states,
-            attention_mask,
-            out_proj=self.out_proj,
-            scaling=self.scale,
-            dropout=self.dropout,
-            eager_fn=eager_attention_forward,
-            **kwargs,
-        )
+class TurboCLIPAttention(ProjectedAttentionMixin, CLIPAttention):
+    turbo_out_proj, turbo_scaling, turbo_dropout = "out_proj", "scale", "dropout"
+    turbo_eager = staticmethod(eager_attention_forward)
 
 
 def pre_norm_layer_forward(layer, hidden_states, size, source, step: LayerStep, attention_mask=None, **kwargs):

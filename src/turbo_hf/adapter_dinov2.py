@@ -21,7 +21,7 @@ from .hub_export import TurboHubMixin
 from .merging import unmerge
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
-from .turbo_encoder import LayerStep, TurboModelOutputWithPooling, projected_attention, run_layers
+from .turbo_encoder import LayerStep, TurboModelOutputWithPooling, ProjectedAttentionMixin, run_layers
 
 
 class TurboDinov2Config(Dinov2Config):
@@ -32,18 +32,8 @@ class TurboDinov2Config(Dinov2Config):
     turbo_config: dict | TurboConfig | None = None
 
 
-class TurboDinov2Attention(Dinov2Attention):
-    def forward(self, hidden_states, attention_mask=None, **kwargs):
-        return projected_attention(
-            self,
-            hidden_states,
-            attention_mask,
-            out_proj=self.o_proj,
-            scaling=self.scaling,
-            dropout=self.attention_dropout,
-            eager_fn=eager_attention_forward,
-            **kwargs,
-        )
+class TurboDinov2Attention(ProjectedAttentionMixin, Dinov2Attention):
+    turbo_eager = staticmethod(eager_attention_forward)
 
 
 class TurboDinov2Layer(Dinov2Layer):

@@ -29,7 +29,7 @@ from .hub_export import TurboHubMixin
 from .merging import proportional_bias, unmerge
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
-from .turbo_encoder import TurboModelOutputWithPooling, projected_attention, run_layers
+from .turbo_encoder import TurboModelOutputWithPooling, ProjectedAttentionMixin, run_layers
 
 
 class TurboSiglipConfig(SiglipConfig):
@@ -48,18 +48,9 @@ class TurboSiglipVisionConfig(SiglipVisionConfig):
     turbo_config: dict | TurboConfig | None = None
 
 
-class TurboSiglipAttention(SiglipAttention):
-    def forward(self, hidden_states, attention_mask=None, **kwargs):
-        return projected_attention(
-            self,
-            hidden_states,
-            attention_mask,
-            out_proj=self.out_proj,
-            scaling=self.scale,
-            dropout=self.dropout,
-            eager_fn=eager_attention_forward,
-            is_causal=self.is_causal,
-        )
+class TurboSiglipAttention(ProjectedAttentionMixin, SiglipAttention):
+    turbo_out_proj, turbo_scaling, turbo_dropout = "out_proj", "scale", "dropout"
+    turbo_eager = staticmethod(eager_attention_forward)
 
 
 class TurboSiglipEncoderLayer(SiglipEncoderLayer):

@@ -19,7 +19,7 @@ from .configuration_turbo import TurboConfig
 from .hub_export import TurboHubMixin
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
-from .turbo_encoder import LayerStep, TurboModelOutputWithPooling, projected_attention, run_layers
+from .turbo_encoder import LayerStep, TurboModelOutputWithPooling, ProjectedAttentionMixin, run_layers
 
 
 class TurboViTConfig(ViTConfig):
@@ -30,18 +30,8 @@ class TurboViTConfig(ViTConfig):
     turbo_config: dict | TurboConfig | None = None
 
 
-class TurboViTAttention(ViTAttention):
-    def forward(self, hidden_states, attention_mask=None, **kwargs):
-        return projected_attention(
-            self,
-            hidden_states,
-            attention_mask,
-            out_proj=self.o_proj,
-            scaling=self.scaling,
-            dropout=self.attention_dropout,
-            eager_fn=eager_attention_forward,
-            **kwargs,
-        )
+class TurboViTAttention(ProjectedAttentionMixin, ViTAttention):
+    turbo_eager = staticmethod(eager_attention_forward)
 
 
 class TurboViTLayer(ViTLayer):

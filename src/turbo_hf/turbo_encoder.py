@@ -234,6 +234,31 @@ def projected_attention(
     return output, weights, query, keys
 
 
+class ProjectedAttentionMixin:
+    """Turbo forward for attention modules with `q_proj`, `k_proj`, `v_proj` (ViT, DINOv2, CLIP, SigLIP).
+
+    A subclass names its output projection, scaling and dropout attributes and its family's eager function;
+    the forward returns `(output, weights, queries, keys)`.
+    """
+
+    turbo_out_proj = "o_proj"
+    turbo_scaling = "scaling"
+    turbo_dropout = "attention_dropout"
+    turbo_eager: Callable
+
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        return projected_attention(
+            self,
+            hidden_states,
+            attention_mask,
+            out_proj=getattr(self, self.turbo_out_proj),
+            scaling=getattr(self, self.turbo_scaling),
+            dropout=getattr(self, self.turbo_dropout),
+            eager_fn=self.turbo_eager,
+            **kwargs,
+        )
+
+
 def check_attention_mask(attention_mask: torch.Tensor | None, steps: list[LayerStep]) -> None:
     """Vision encoders merge whole sequences: a padding mask cannot follow tokens that move."""
     if attention_mask is not None and any(step.r for step in steps):
@@ -272,6 +297,7 @@ def run_layers(
 
 __all__ = [
     "LayerStep",
+    "ProjectedAttentionMixin",
     "TurboModelOutputWithPooling",
     "TurboRuntime",
     "projected_attention",
