@@ -9,9 +9,11 @@ from collections.abc import Callable
 import torch
 
 
-def _synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+def synchronize(device: torch.device | str | None = None) -> None:
+    """Wait for queued GPU work (no-op on CPU)."""
+    device = torch.device(device) if device is not None else None
+    if torch.cuda.is_available() and (device is None or device.type == "cuda"):
+        torch.cuda.synchronize(device)
 
 
 def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
@@ -33,12 +35,12 @@ def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int = 5,
     samples: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
-            _synchronize()
+            synchronize()
             start = time.perf_counter()
             run()
-            _synchronize()
+            synchronize()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-__all__ = ["interleaved_medians"]
+__all__ = ["interleaved_medians", "synchronize"]
