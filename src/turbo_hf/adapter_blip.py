@@ -41,7 +41,6 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_turbo import TurboConfig
 from .hub_export import TurboHubMixin
-from .merging import proportional_bias
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import LayerStep, TurboModelOutputWithPooling, run_layers
@@ -191,14 +190,9 @@ def image_cross_attention_modules(model: nn.Module) -> list[nn.Module]:
 
 def image_attention_bias(vision: nn.Module, vision_outputs) -> torch.Tensor | None:
     """The `(B, 1, 1, N)` `log(size)` bias for cross-attention over the image tokens; None when nothing merged."""
-    config = vision.turbo_runtime.config
-    sizes, source = vision_outputs.token_sizes, vision_outputs.token_source
-    hidden = vision_outputs.last_hidden_state
-    if sizes is None or not config.proportional_attention or config.reduction != "merge":
-        return None
-    if hidden.shape[1] == source.shape[1]:
-        return None
-    return proportional_bias(sizes, hidden.dtype)
+    return vision.turbo_runtime.output_bias(
+        vision_outputs.token_sizes, vision_outputs.token_source, vision_outputs.last_hidden_state.dtype
+    )
 
 
 class TurboBlipTextBridge:

@@ -40,7 +40,7 @@ from transformers.utils.output_capturing import capture_outputs
 from .adapter_clip import pre_norm_layer_forward
 from .configuration_turbo import TurboConfig
 from .hub_export import TurboHubMixin
-from .merging import proportional_bias, unmerge
+from .merging import unmerge
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import TurboModelOutputWithPooling, run_layers
@@ -149,18 +149,11 @@ def qformer_image_inputs(
     sizes = getattr(vision_outputs, "token_sizes", None)
     source = getattr(vision_outputs, "token_source", None)
     runtime = getattr(vision_model, "turbo_runtime", None)
-    merged = (
-        sizes is not None
-        and source is not None
-        and runtime is not None
-        and runtime.config.proportional_attention
-        and runtime.config.reduction == "merge"
-        and sizes.shape[1] < source.shape[1]
-    )
-    if merged and qformer.config._attn_implementation == "flex_attention":
+    bias = runtime.output_bias(sizes, source, qformer_dtype(qformer)) if runtime is not None else None
+    if bias is not None and qformer.config._attn_implementation == "flex_attention":
         image_embeds = unmerge(image_embeds, source)
-    elif merged:
-        return image_embeds, proportional_bias(sizes.to(image_embeds.device), qformer_dtype(qformer))
+    elif bias is not None:
+        return image_embeds, bias.to(image_embeds.device)
     return image_embeds, torch.ones(image_embeds.size()[:-1], dtype=torch.long, device=image_embeds.device)
 
 

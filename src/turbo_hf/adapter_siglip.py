@@ -26,7 +26,7 @@ from transformers.utils.output_capturing import capture_outputs
 from .adapter_clip import pre_norm_layer_forward
 from .configuration_turbo import TurboConfig
 from .hub_export import TurboHubMixin
-from .merging import proportional_bias, unmerge
+from .merging import unmerge
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import TurboModelOutputWithPooling, ProjectedAttentionMixin, run_layers
@@ -60,13 +60,10 @@ class TurboSiglipEncoderLayer(SiglipEncoderLayer):
 class TurboSiglipMultiheadAttentionPoolingHead(SiglipMultiheadAttentionPoolingHead):
     """The MAP head with `log(size)` added to the logits of its keys (proportional attention)."""
 
-    def forward(self, hidden_state: torch.Tensor, size: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, hidden_state: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         batch_size = hidden_state.shape[0]
         probe = self.probe.repeat(batch_size, 1, 1)
-        mask = None
-        if size is not None:
-            bias = proportional_bias(size, hidden_state.dtype)[:, 0]
-            mask = bias.repeat_interleave(self.attention.num_heads, dim=0)
+        mask = None if bias is None else bias[:, 0].repeat_interleave(self.attention.num_heads, dim=0)
         hidden_state = self.attention(probe, hidden_state, hidden_state, attn_mask=mask)[0]
         residual = hidden_state
         hidden_state = self.layernorm(hidden_state)
@@ -92,9 +89,8 @@ class TurboSiglipVisionModel(TurboHubMixin, SiglipVisionModel):
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         hidden_states, size, source = run_layers(self.encoder.layers, hidden_states, self.turbo_runtime, **kwargs)
         last_hidden_state = self.post_layernorm(hidden_states)
-        merged = hidden_states.shape[1] < source.shape[1] and self.turbo_runtime.config.reduction == "merge"
-        use_bias = merged and self.turbo_runtime.config.proportional_attention
-        pooler_output = self.head(last_hidden_state, size if use_bias else None) if self.use_head else None
+        bias = self.turbo_runtime.output_bias(size, source, last_hidden_state.dtype)
+        pooler_output = self.head(last_hidden_state, bias) if self.use_head else None
         return TurboModelOutputWithPooling(
             last_hidden_state=last_hidden_state, pooler_output=pooler_output, token_sizes=size, token_source=source
         )

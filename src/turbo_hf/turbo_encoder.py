@@ -154,6 +154,19 @@ class TurboRuntime:
         self.summary_query = summary_query
         self._steps: dict[int, list[LayerStep]] = {}
 
+    def output_bias(
+        self, size: torch.Tensor | None, source: torch.Tensor | None, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """The `log(size)` key bias, (B, 1, 1, N'), that a consumer of the encoder's merged output needs
+        (cross-attention, attention pooling); None when no token merged or proportional attention is off, so
+        the consumer computes exactly what it does in the stock model."""
+        config = self.config
+        if size is None or source is None or not config.proportional_attention or config.reduction != "merge":
+            return None
+        if size.shape[1] == source.shape[1]:
+            return None
+        return proportional_bias(size, dtype)
+
     def schedule(self, num_tokens: int) -> list[int]:
         """Tokens removed by each layer for an input of `num_tokens` tokens."""
         config = self.config
