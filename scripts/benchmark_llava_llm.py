@@ -53,6 +53,7 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration  # noqa: E40
 
 import turbo_hf  # noqa: E402
 from turbo_hf import TurboConfig, apply_turbo  # noqa: E402
+from turbo_hf.compat import cache_kwargs, cache_of  # noqa: E402
 from turbo_hf.timing import interleaved_medians  # noqa: E402
 
 IMAGE_TOKEN_ID = 999
@@ -139,7 +140,7 @@ class Runner:
 
     def decode(self):
         """`new_tokens` greedy steps on the prefill's cache, then the cache is cut back to the prefill."""
-        cache = self.output.past_key_values
+        cache = cache_of(self.output)
         token = self.output.logits[:, -1].argmax(-1, keepdim=True)
         mask, position = self.inputs["attention_mask"], self.positions[:, -1:]
         start = time.process_time()
@@ -152,8 +153,8 @@ class Runner:
                     input_ids=token,
                     attention_mask=mask,
                     position_ids=position,
-                    past_key_values=cache,
                     use_cache=True,
+                    **cache_kwargs(cache),
                     logits_to_keep=1,
                     return_dict=True,
                 )
@@ -191,14 +192,14 @@ def run_batch(model, weights, batch: int, settings, repeats: int, warmup: int, n
         inputs, text_counts = make_inputs(batch, image_tokens)  # same words and pixels for every setting
         runner = Runner(variant, inputs, new_tokens)
         runner.prefill()
-        state = getattr(runner.output.past_key_values, "turbo_llm_state", None)
-        tokens_per_layer = [layer.keys.shape[2] for layer in runner.output.past_key_values.layers]
+        state = getattr(cache_of(runner.output), "turbo_llm_state", None)
+        tokens_per_layer = [layer.keys.shape[2] for layer in cache_of(runner.output).layers]
         info[name] = {
             "turbo_config": None if turbo is None else TurboConfig(**turbo).settings(),
             "image_tokens_to_llm": image_tokens,
             "prompt_length": inputs["input_ids"].shape[1],
             "cache_tokens_per_layer": tokens_per_layer,
-            "kv_cache_mb": cache_megabytes(runner.output.past_key_values),
+            "kv_cache_mb": cache_megabytes(cache_of(runner.output)),
             "reduced_layers": None if state is None else state.layers,
         }
         runners[name] = runner

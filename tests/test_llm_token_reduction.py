@@ -12,6 +12,7 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration, MistralConf
 
 from test_adapter_llava import IMAGE_TOKEN_ID, PROMPTS, images, llava_config, processor_parts
 from turbo_hf import TurboConfig, apply_turbo, remove_turbo
+from turbo_hf.compat import cache_of
 from turbo_hf.adapter_llava import (
     TurboLlavaConfig,
     TurboLlavaForConditionalGeneration,
@@ -215,7 +216,7 @@ def test_two_images_per_sample_are_reduced_image_by_image(weights):
     assert torch.equal(ids, reference_ids)
     torch.testing.assert_close(step_logits, reference_logits, atol=1e-5, rtol=1e-5)
     with torch.no_grad():
-        state = getattr(model(**inputs).past_key_values, STATE_ATTRIBUTE)
+        state = getattr(cache_of(model(**inputs)), STATE_ATTRIBUTE)
     image = inputs["input_ids"].gather(1, state.columns[1]) == IMAGE_TOKEN_ID
     assert image.sum(dim=1).tolist() == [20, 20]  # 10 per image
 
@@ -233,7 +234,7 @@ def test_reduction_changes_the_model_and_shortens_the_caches(weights):
     # hidden states: embeddings, layer 0 at full length, layers 1-2 after keeping 16 of 64, layer 3 after keeping 4
     lengths = [h.shape[1] for h in out.hidden_states]
     assert lengths == [length, length, length - 48, length - 48, length]  # the last one is restored
-    cache = out.past_key_values
+    cache = cache_of(out)
     assert [layer.keys.shape[2] for layer in cache.layers] == [length, length - 48, length - 48, length - 60]
     state = getattr(cache, STATE_ATTRIBUTE)
     assert state.layers == [1, 3] and state.prefill_length == length
@@ -247,7 +248,7 @@ def test_reduction_changes_the_model_and_shortens_the_caches(weights):
     for mode in ("turbo", "tome", "semantic", "random"):
         apply_turbo(model, reduction="prune", llm_layers=[1], llm_keep=[16], mode=mode, alpha=1.0)
         with torch.no_grad():
-            chosen[mode] = getattr(model(**inputs).past_key_values, STATE_ATTRIBUTE).columns[0]
+            chosen[mode] = getattr(cache_of(model(**inputs)), STATE_ATTRIBUTE).columns[0]
     assert len({tuple(c.flatten().tolist()) for c in chosen.values()}) == 4
 
 
@@ -285,7 +286,7 @@ def test_with_vision_merging_sizes_carry_into_the_language_model(weights):
     assert (inputs["input_ids"] == IMAGE_TOKEN_ID).sum(dim=1).tolist() == [48, 48]
     with torch.no_grad():
         out = model(**inputs)
-    state = getattr(out.past_key_values, STATE_ATTRIBUTE)
+    state = getattr(cache_of(out), STATE_ATTRIBUTE)
     for columns, bias, keep in zip(state.columns, state.key_bias, (20, 6)):
         image = inputs["input_ids"].gather(1, columns) == IMAGE_TOKEN_ID
         sizes = bias.exp()
@@ -301,7 +302,7 @@ def test_with_vision_merging_sizes_carry_into_the_language_model(weights):
     # without proportional attention no bias is kept
     apply_turbo(model, r=8, llm_layers=[1, 3], llm_keep=[20, 6], proportional_attention=False)
     with torch.no_grad():
-        assert getattr(model(**inputs).past_key_values, STATE_ATTRIBUTE).key_bias == [None, None]
+        assert getattr(cache_of(model(**inputs)), STATE_ATTRIBUTE).key_bias == [None, None]
 
 
 def test_turbo_class_round_trip(weights, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
 from transformers.models.bert.configuration_bert import BertConfig
 from transformers.models.bert.modeling_bert import (
@@ -58,6 +59,7 @@ class TurboBertConfig(BertConfig):
 
 class TurboBertSelfAttention(BertSelfAttention):
     def forward(self, hidden_states, attention_mask=None, **kwargs):
+        # Copied from transformers.models.bert.modeling_bert.BertSelfAttention.forward (v5.24)
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.attention_head_size)
         query = self.query(hidden_states).view(*hidden_shape).transpose(1, 2)
@@ -79,12 +81,14 @@ class TurboBertSelfAttention(BertSelfAttention):
 
 class TurboBertAttention(BertAttention):
     def forward(self, hidden_states, attention_mask=None, **kwargs):
+        # Copied from transformers.models.bert.modeling_bert.BertAttention.forward (v5.24)
         output, weights, query, keys = self.self(hidden_states, attention_mask=attention_mask, **kwargs)
         return self.output(output, hidden_states), weights, query, keys
 
 
 class TurboBertLayer(BertLayer):
     def forward(self, hidden_states, size, source, token_mask, pooled, step: LayerStep, attention_mask=None, **kwargs):
+        # Copied from transformers.models.bert.modeling_bert.BertLayer.forward (v5.24)
         bias = text_attention_bias(step, size, token_mask, hidden_states.dtype)
         attention_output, _, query, keys = self.attention(
             hidden_states, bias if bias is not None else attention_mask, **kwargs
@@ -132,6 +136,7 @@ class TurboBertModel(TurboHubMixin, BertModel):
         inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> TurboTextModelOutput:
+        # Copied from transformers.models.bert.modeling_bert.BertModel.forward (v5.24)
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         embedding_output = self.embeddings(
@@ -148,12 +153,8 @@ class TurboBertModel(TurboHubMixin, BertModel):
             if attention_mask is not None
             else torch.ones(batch, length, dtype=torch.bool, device=embedding_output.device)
         )
-        mask_4d, _ = self._create_attention_masks(
-            attention_mask=attention_mask,
-            encoder_attention_mask=None,
-            embedding_output=embedding_output,
-            encoder_hidden_states=None,
-            past_key_values=None,
+        mask_4d = create_bidirectional_mask(
+            config=self.config, inputs_embeds=embedding_output, attention_mask=attention_mask
         )
         pooled = torch.zeros(batch, dtype=torch.long, device=embedding_output.device)
         hidden_states, size, source, token_mask = run_text_layers(

@@ -39,6 +39,7 @@ from transformers.utils import can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from .compat import cache_kwargs, pop_cache
 from .configuration_turbo import TurboConfig
 from .hub_export import TurboHubMixin
 from .patching import apply_turbo_from_config
@@ -70,6 +71,7 @@ class TurboBlipAttention(BlipAttention):
     queries and keys (B, H, N, Dh) that Turbo scores."""
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        # Copied from transformers.models.blip.modeling_blip.BlipAttention.forward (v5.24)
         bsz, tgt_len, embed_dim = hidden_states.size()
         mixed_qkv = (
             self.qkv(hidden_states)
@@ -92,6 +94,7 @@ class TurboBlipAttention(BlipAttention):
 
 class TurboBlipEncoderLayer(BlipEncoderLayer):
     def forward(self, hidden_states, size, source, step: LayerStep, attention_mask=None, **kwargs):
+        # Copied from transformers.models.blip.modeling_blip.BlipEncoderLayer.forward (v5.24)
         bias = step.attention_bias(size, hidden_states.dtype)
         residual = hidden_states
         hidden_states = self.layer_norm1(hidden_states)
@@ -135,6 +138,7 @@ class TurboBlipVisionModel(TurboHubMixin, BlipVisionModel):
     def forward(
         self, pixel_values: torch.Tensor | None = None, interpolate_pos_encoding: bool = False, **kwargs
     ) -> TurboModelOutputWithPooling:
+        # Copied from transformers.models.blip.modeling_blip.BlipVisionModel.forward (v5.24)
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values")
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
@@ -157,13 +161,15 @@ class TurboBlipTextCrossAttention(BlipTextAttention):
     `log(size)` bias of merged image tokens (a float mask `(B, 1, 1, N)`, added to the logits).
     """
 
-    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, **kwargs):
+        # Copied from transformers.models.blip.modeling_blip_text.BlipTextAttention.forward (v5.24), changed:
+        # `encoder_attention_mask` is passed on.
         context_layer, attention_probs = self.self(
             hidden_states,
             attention_mask=attention_mask,
             encoder_hidden_states=encoder_hidden_states,
             encoder_attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            **cache_kwargs(pop_cache(kwargs)),
         )
         attention_output = self.output(context_layer, hidden_states)
         return attention_output, attention_probs
@@ -268,6 +274,7 @@ class TurboBlipForConditionalGeneration(TurboHubMixin, TurboBlipTextBridge, Blip
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> TurboBlipForConditionalGenerationModelOutput:
+        # Copied from transformers.models.blip.modeling_blip.BlipForConditionalGeneration.forward (v5.24)
         vision_outputs = self.vision_model(
             pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
         )
@@ -303,6 +310,7 @@ class TurboBlipForConditionalGeneration(TurboHubMixin, TurboBlipTextBridge, Blip
         **generate_kwargs,
     ) -> torch.LongTensor:
         """The stock `generate`, with the image tokens' `log(size)` bias in the decoder's cross-attention."""
+        # Copied from transformers.models.blip.modeling_blip.BlipForConditionalGeneration.generate (v5.24)
         batch_size = pixel_values.shape[0]
         vision_outputs = self.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         image_embeds = vision_outputs.last_hidden_state
@@ -356,6 +364,7 @@ class TurboBlipForImageTextRetrieval(TurboHubMixin, TurboBlipTextBridge, BlipFor
         interpolate_pos_encoding: bool = False,
         **kwargs,
     ) -> TurboBlipImageTextMatchingModelOutput:
+        # Copied from transformers.models.blip.modeling_blip.BlipForImageTextRetrieval.forward (v5.24)
         vision_outputs = self.vision_model(
             pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
         )
@@ -415,6 +424,7 @@ class TurboBlipForQuestionAnswering(TurboHubMixin, TurboBlipTextBridge, BlipForQ
         interpolate_pos_encoding: bool = False,
         **kwargs,
     ) -> TurboBlipTextVisionModelOutput:
+        # Copied from transformers.models.blip.modeling_blip.BlipForQuestionAnswering.forward (v5.24)
         if labels is None and decoder_input_ids is None:
             raise ValueError(
                 "Either `decoder_input_ids` or `labels` should be passed when calling `forward` with"
@@ -465,6 +475,7 @@ class TurboBlipForQuestionAnswering(TurboHubMixin, TurboBlipTextBridge, BlipForQ
         **generate_kwargs,
     ) -> torch.LongTensor:
         """The stock `generate`, with the image tokens' `log(size)` bias in the question encoder's cross-attention."""
+        # Copied from transformers.models.blip.modeling_blip.BlipForQuestionAnswering.generate (v5.24)
         vision_outputs = self.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         image_embeds = vision_outputs.last_hidden_state
         if isinstance(input_ids, list):
@@ -510,6 +521,7 @@ class TurboBlipModel(TurboHubMixin, TurboBlipTextBridge, BlipModel):
         attention_mask: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
     ) -> torch.Tensor:
+        # Copied from transformers.models.blip.modeling_blip.BlipModel.get_multimodal_features (v5.24)
         vision_outputs = self.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         text_outputs = self.text_model(
             input_ids=input_ids,

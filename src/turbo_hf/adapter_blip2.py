@@ -97,11 +97,13 @@ def fused_qkv_attention(
 
 class TurboBlip2Attention(Blip2Attention):
     def forward(self, hidden_states, attention_mask=None, **kwargs):
+        # Copied from transformers.models.blip_2.modeling_blip_2.Blip2Attention.forward (v5.24)
         return fused_qkv_attention(self, hidden_states, attention_mask, eager_attention_forward, **kwargs)
 
 
 class TurboBlip2EncoderLayer(Blip2EncoderLayer):
     # Blip2EncoderLayer is the CLIP pre-norm layer (`layer_norm1`, `self_attn`, `layer_norm2`, `mlp`)
+    # Copied from transformers.models.blip_2.modeling_blip_2.Blip2EncoderLayer.forward (v5.24)
     forward = pre_norm_layer_forward
 
 
@@ -126,6 +128,7 @@ def turbo_vision_forward(
 class TurboBlip2VisionModel(Blip2VisionModel):
     """`Blip2VisionModel` whose layers merge tokens; the output also carries token sizes and sources."""
 
+    # Copied from transformers.models.blip_2.modeling_blip_2.Blip2VisionModel.forward (v5.24)
     forward = turbo_vision_forward
 
 
@@ -207,6 +210,7 @@ class TurboBlip2ForConditionalGeneration(TurboHubMixin, Blip2ForConditionalGener
 
         `vision_outputs` carries `token_sizes` and `token_source`.
         """
+        # Copied from transformers.models.blip_2.modeling_blip_2.Blip2ForConditionalGeneration.get_image_features (v5.24)
         vision_outputs = self.vision_model(
             pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
         )
@@ -244,6 +248,7 @@ class TurboBlip2ForConditionalGeneration(TurboHubMixin, Blip2ForConditionalGener
         **generate_kwargs,
     ) -> torch.LongTensor:
         """The stock `generate`, with the image features from the Turbo `get_image_features`."""
+        # Copied from transformers.models.blip_2.modeling_blip_2.Blip2ForConditionalGeneration.generate (v5.24)
         if hasattr(self, "hf_device_map"):
             self._preprocess_accelerate()
         batch_size = pixel_values.shape[0]
@@ -296,6 +301,7 @@ class TurboBlip2ForImageTextRetrieval(TurboHubMixin, Blip2ForImageTextRetrieval)
         **kwargs,
     ) -> tuple | Blip2ImageTextMatchingModelOutput:
         """The stock forward; the vision outputs also carry `token_sizes` and `token_source`."""
+        # Copied from transformers.models.blip_2.modeling_blip_2.Blip2ForImageTextRetrieval.forward (v5.24)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (

@@ -34,6 +34,7 @@ from transformers.models.blip.modeling_blip import BlipForImageTextRetrieval
 from transformers.models.blip.modeling_blip_text import BlipTextModel
 from transformers.pytorch_utils import apply_chunking_to_forward
 
+from .compat import cache_kwargs, pop_cache
 from .configuration_turbo import TurboConfig, as_turbo_config
 from .merging import initial_source, unmerge
 from .schedules import LayerCost
@@ -144,13 +145,15 @@ class TurboBlipTextItmModel(BlipTextModel):
         encoder_embeds: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
-        past_key_values=None,
         use_cache: bool | None = None,
         is_decoder: bool | None = False,
         **kwargs,
     ):
+        # Overrides transformers.models.blip.modeling_blip_text.BlipTextModel.forward (v5.24): the stock forward
+        # when nothing merges, else embeddings, masks (public `create_bidirectional_mask`) and the Turbo layer loop.
         settings: BlipTextTurboSettings = self._blip_text_turbo
-        stock = is_decoder or past_key_values is not None or (encoder_hidden_states is None and not settings.merge_itc)
+        cache = pop_cache(kwargs)
+        stock = is_decoder or cache is not None or (encoder_hidden_states is None and not settings.merge_itc)
         if stock:
             return BlipTextModel.forward(
                 self,
@@ -161,17 +164,15 @@ class TurboBlipTextItmModel(BlipTextModel):
                 encoder_embeds=encoder_embeds,
                 encoder_hidden_states=encoder_hidden_states,
                 encoder_attention_mask=encoder_attention_mask,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
+                **cache_kwargs(cache),
                 is_decoder=is_decoder,
                 **kwargs,
             )
         if input_ids is not None and inputs_embeds is not None:
             raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
         if encoder_embeds is None:
-            embedding_output = self.embeddings(
-                input_ids=input_ids, position_ids=position_ids, inputs_embeds=inputs_embeds, past_key_values_length=0
-            )
+            embedding_output = self.embeddings(input_ids=input_ids, position_ids=position_ids, inputs_embeds=inputs_embeds)
         else:
             embedding_output = encoder_embeds
         batch, length = embedding_output.shape[:2]

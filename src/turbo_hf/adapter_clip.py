@@ -67,6 +67,7 @@ def pre_norm_layer_forward(layer, hidden_states, size, source, step: LayerStep, 
 
 
 class TurboCLIPEncoderLayer(CLIPEncoderLayer):
+    # Copied from transformers.models.clip.modeling_clip.CLIPEncoderLayer.forward (v5.24)
     forward = pre_norm_layer_forward
 
 
@@ -85,6 +86,7 @@ class TurboCLIPVisionModel(TurboHubMixin, CLIPVisionModel):
     def forward(
         self, pixel_values: torch.Tensor | None = None, interpolate_pos_encoding: bool | None = False, **kwargs
     ) -> TurboModelOutputWithPooling:
+        # Copied from transformers.models.clip.modeling_clip.CLIPVisionModel.forward (v5.24)
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         hidden_states = self.pre_layrnorm(hidden_states)
         hidden_states, size, source = run_layers(self.encoder.layers, hidden_states, self.turbo_runtime, **kwargs)
@@ -140,6 +142,7 @@ class TurboCLIPForImageClassification(TurboHubMixin, CLIPForImageClassification)
         apply_turbo_from_config(self)
 
     def forward(self, pixel_values=None, labels=None, **kwargs) -> ImageClassifierOutput:
+        # Copied from transformers.models.clip.modeling_clip.CLIPForImageClassification.forward (v5.24)
         outputs = self.vision_model(pixel_values, **kwargs)
         patches = unmerge(outputs.last_hidden_state, outputs.token_source)[:, 1:, :]
         logits = self.classifier(torch.mean(patches, dim=1))

@@ -38,6 +38,7 @@ class TurboDinov2Attention(ProjectedAttentionMixin, Dinov2Attention):
 
 class TurboDinov2Layer(Dinov2Layer):
     def forward(self, hidden_states, size, source, step: LayerStep, attention_mask=None, **kwargs):
+        # Copied from transformers.models.dinov2.modeling_dinov2.Dinov2Layer.forward (v5.24)
         bias = step.attention_bias(size, hidden_states.dtype)
         residual = hidden_states
         hidden_states = self.norm1(hidden_states)
@@ -88,6 +89,7 @@ class TurboDinov2Model(TurboHubMixin, Dinov2Model):
         attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> TurboModelOutputWithPooling:
+        # Copied from transformers.models.dinov2.modeling_dinov2.Dinov2Model.forward (v5.24)
         embedding_output = self.embeddings(pixel_values, bool_masked_pos=bool_masked_pos)
         attention_mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=embedding_output, attention_mask=attention_mask
@@ -115,6 +117,7 @@ class TurboDinov2ForImageClassification(TurboHubMixin, Dinov2ForImageClassificat
         apply_turbo_from_config(self)
 
     def forward(self, pixel_values=None, labels=None, attention_mask=None, **kwargs) -> ImageClassifierOutput:
+        # Copied from transformers.models.dinov2.modeling_dinov2.Dinov2ForImageClassification.forward (v5.24)
         outputs = self.dinov2(pixel_values, attention_mask=attention_mask, **kwargs)
         sequence_output = outputs.last_hidden_state
         patch_mean = unmerge(sequence_output, outputs.token_source)[:, 1:].mean(dim=1)

@@ -41,16 +41,19 @@ class TurboInstructBlipConfig(InstructBlipConfig):
 
 class TurboInstructBlipAttention(InstructBlipAttention):
     def forward(self, hidden_states, attention_mask=None, **kwargs):
+        # Copied from transformers.models.instructblip.modeling_instructblip.InstructBlipAttention.forward (v5.24)
         return fused_qkv_attention(self, hidden_states, attention_mask, eager_attention_forward, **kwargs)
 
 
 class TurboInstructBlipEncoderLayer(InstructBlipEncoderLayer):
+    # Copied from transformers.models.instructblip.modeling_instructblip.InstructBlipEncoderLayer.forward (v5.24)
     forward = pre_norm_layer_forward
 
 
 class TurboInstructBlipVisionModel(InstructBlipVisionModel):
     """`InstructBlipVisionModel` whose layers merge tokens; the output also carries token sizes and sources."""
 
+    # Copied from transformers.models.instructblip.modeling_instructblip.InstructBlipVisionModel.forward (v5.24)
     forward = turbo_vision_forward
 
 
@@ -85,6 +88,7 @@ class TurboInstructBlipForConditionalGeneration(TurboHubMixin, InstructBlipForCo
 
         `vision_outputs` carries `token_sizes` and `token_source`.
         """
+        # Copied from transformers.models.instructblip.modeling_instructblip.InstructBlipForConditionalGeneration.get_image_features (v5.24)
         vision_outputs = self.vision_model(
             pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
         )

@@ -61,6 +61,7 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from transformers.utils.output_capturing import capture_outputs
 
 from .adapter_clip import TurboCLIPAttention, TurboCLIPEncoderLayer
+from .compat import cache_kwargs, cache_of, model_output, pop_cache
 from .configuration_turbo import TurboConfig, as_turbo_config
 from .hub_export import TurboHubMixin
 from .llm_token_reduction import (
@@ -213,6 +214,7 @@ class TurboLlavaCLIPEncoder(CLIPEncoder):
     """The CLIP encoder inside a Turbo LLaVA: its layers run through `TurboLlavaModel.get_image_features`."""
 
     def forward(self, *args, **kwargs):
+        # Copied from transformers.models.clip.modeling_clip.CLIPEncoder.forward (v5.24)
         raise ValueError(
             "Under Turbo, the LLaVA vision tower runs through `get_image_features` of the LLaVA model (it merges "
             "tokens only in the layers that feed the language model). Call `model.get_image_features(pixel_values)`, "
@@ -301,6 +303,7 @@ class LLMReductionRequest:
 
 def _rope(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Llama's rotary embedding (`apply_rotary_pos_emb`) of (B, H, N, Dh) states with (B, N, Dh) cos/sin."""
+    # Copied from transformers.models.llama.modeling_llama.apply_rotary_pos_emb (v5.24), for one tensor
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     return (states * cos) + (rotate_half(states) * sin)
 
@@ -370,9 +373,9 @@ class _FullMask:
                 config=config,
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
-                past_key_values=past_key_values,
                 position_ids=position_ids,
                 allow_is_causal_skip=False,
+                **cache_kwargs(past_key_values),
             )
             self.allowed = allowed_from_mask(mask)
         if self.allowed is not None:
@@ -409,16 +412,17 @@ class TurboLlavaTextModel(LlamaModel):
     """
 
     def forward(self, *args, turbo_llm: LLMReductionRequest | None = None, **kwargs):
-        cache = kwargs.get("past_key_values")
+        # Overrides transformers.models.llama.modeling_llama.LlamaModel.forward (v5.24)
+        cache = pop_cache(kwargs)
         state = getattr(cache, STATE_ATTRIBUTE, None) if cache is not None else None
         if state is not None and int(cache.get_seq_length()) == 0:  # a reset or reused cache
             delattr(cache, STATE_ATTRIBUTE)
             state = None
         if turbo_llm is None and state is None:
-            return super().forward(*args, **kwargs)
+            return super().forward(*args, **kwargs, **cache_kwargs(cache))
         if args:
             raise ValueError("Pass the inputs of a Turbo LLaVA language model as keyword arguments.")
-        return self._reduced_forward(turbo_llm=turbo_llm, **kwargs)
+        return self._reduced_forward(turbo_llm=turbo_llm, past_key_values=cache, **kwargs)
 
     def _stage_mask(self, full, rows, kept_columns, prefill_length, kv_length, key_bias, dtype, skip):
         """The mask of the layers after a reduction, from `full()`, the full-length (B, 1, Q, KV) bool mask.
@@ -450,6 +454,8 @@ class TurboLlavaTextModel(LlamaModel):
         turbo_llm: LLMReductionRequest | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        # Copied from transformers.models.llama.modeling_llama.LlamaModel.forward (v5.24), changed: image tokens
+        # reduced before the `llm_layers`, masks and rotary embeddings gathered for the kept tokens.
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -465,8 +471,8 @@ class TurboLlavaTextModel(LlamaModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             position_ids=position_ids,
+            **cache_kwargs(past_key_values),
         )
         state = None if turbo_llm is not None else getattr(past_key_values, STATE_ATTRIBUTE)
         build = state is None or any(bias is not None for bias in state.key_bias)
@@ -569,8 +575,8 @@ class TurboLlavaTextModel(LlamaModel):
                 attention_mask=mask,
                 position_embeddings=(cos, sin),
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
+                **cache_kwargs(past_key_values),
                 **kwargs,
             )
 
@@ -585,7 +591,7 @@ class TurboLlavaTextModel(LlamaModel):
                     key_bias=saved_bias,
                 )
                 setattr(past_key_values, STATE_ATTRIBUTE, reduced)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+        return model_output(BaseModelOutputWithPast, last_hidden_state=hidden_states, cache=past_key_values)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -645,6 +651,7 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
             `TurboLlavaImageOutput`: projected features per image in `pooler_output`, their `log(size)` in
             `deepstack_features[0]`.
         """
+        # Copied from transformers.models.llava.modeling_llava.LlavaModel.get_image_features (v5.24)
         if image_sizes is not None:
             raise ValueError("Turbo for LLaVA supports fixed-size CLIP vision towers: `image_sizes` is not supported.")
         runtime = self.turbo_runtime
@@ -695,6 +702,7 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
         num_images: int | None = None,
     ) -> torch.Tensor:
         """The stock placeholder mask, with an error that names both counts when they differ."""
+        # Copied from transformers.models.llava.modeling_llava.LlavaModel.get_placeholder_mask (v5.24)
         if input_ids is None:
             image_embedding = self.get_input_embeddings()(
                 torch.full((), self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
@@ -777,9 +785,9 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
                 config=text_config,
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
-                past_key_values=past_key_values,
                 position_ids=position_ids,
                 allow_is_causal_skip=False,
+                **cache_kwargs(past_key_values),
             )
         kv_length, kv_offset = base.shape[-1], 0
         if past_key_values is not None:
@@ -811,6 +819,9 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
         **kwargs,
     ) -> tuple | LlavaModelOutputWithPast:
         """`LlavaModel.forward` with merged image features and their `log(size)` bias in the language model."""
+        # Copied from transformers.models.llava.modeling_llava.LlavaModel.forward (v5.24), changed: Turbo image
+        # features with their log(size), the language model's mask with that bias, the in-LLM reduction request.
+        past_key_values = pop_cache(kwargs, past_key_values)
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if pixel_values is not None and mm_encoder_outputs is not None:
@@ -866,19 +877,21 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
+            **cache_kwargs(past_key_values),
             **kwargs,
         )
-        if key_bias is not None and outputs.past_key_values is not None:
-            setattr(outputs.past_key_values, CACHE_BIAS_ATTRIBUTE, key_bias)
-
-        return LlavaModelOutputWithPast(
+        cache = cache_of(outputs)
+        if key_bias is not None and cache is not None:
+            setattr(cache, CACHE_BIAS_ATTRIBUTE, key_bias)
+        return model_output(  # `image_hidden_states` up to 5.23, `image_outputs` from 5.24
+            LlavaModelOutputWithPast,
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            cache=cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
+            image_outputs=image_outputs,
         )
 
 

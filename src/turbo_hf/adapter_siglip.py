@@ -54,6 +54,7 @@ class TurboSiglipAttention(ProjectedAttentionMixin, SiglipAttention):
 
 
 class TurboSiglipEncoderLayer(SiglipEncoderLayer):
+    # Copied from transformers.models.siglip.modeling_siglip.SiglipEncoderLayer.forward (v5.24)
     forward = pre_norm_layer_forward
 
 
@@ -61,6 +62,7 @@ class TurboSiglipMultiheadAttentionPoolingHead(SiglipMultiheadAttentionPoolingHe
     """The MAP head with `log(size)` added to the logits of its keys (proportional attention)."""
 
     def forward(self, hidden_state: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        # Copied from transformers.models.siglip.modeling_siglip.SiglipMultiheadAttentionPoolingHead.forward (v5.24)
         batch_size = hidden_state.shape[0]
         probe = self.probe.repeat(batch_size, 1, 1)
         mask = None if bias is None else bias[:, 0].repeat_interleave(self.attention.num_heads, dim=0)
@@ -86,6 +88,7 @@ class TurboSiglipVisionModel(TurboHubMixin, SiglipVisionModel):
     def forward(
         self, pixel_values, interpolate_pos_encoding: bool | None = False, **kwargs
     ) -> TurboModelOutputWithPooling:
+        # Copied from transformers.models.siglip.modeling_siglip.SiglipVisionModel.forward (v5.24)
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         hidden_states, size, source = run_layers(self.encoder.layers, hidden_states, self.turbo_runtime, **kwargs)
         last_hidden_state = self.post_layernorm(hidden_states)
@@ -118,6 +121,7 @@ class TurboSiglipForImageClassification(TurboHubMixin, SiglipForImageClassificat
         apply_turbo_from_config(self)
 
     def forward(self, pixel_values=None, labels=None, interpolate_pos_encoding=False, **kwargs):
+        # Copied from transformers.models.siglip.modeling_siglip.SiglipForImageClassification.forward (v5.24)
         outputs = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
         tokens = unmerge(outputs.last_hidden_state, outputs.token_source)
         logits = self.classifier(torch.mean(tokens, dim=1))

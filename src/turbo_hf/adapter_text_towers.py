@@ -24,6 +24,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .adapter_clip import TurboCLIPAttention
+from .compat import cache_kwargs
 from .adapter_siglip import TurboSiglipAttention
 from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import LayerStep
@@ -54,11 +55,13 @@ def text_tower_layer_forward(
 
 class TurboCLIPTextEncoderLayer(CLIPEncoderLayer):
     causal_text = True
+    # Copied from transformers.models.clip.modeling_clip.CLIPEncoderLayer.forward (v5.24)
     forward = text_tower_layer_forward
 
 
 class TurboSiglipTextEncoderLayer(SiglipEncoderLayer):
     causal_text = False
+    # Copied from transformers.models.siglip.modeling_siglip.SiglipEncoderLayer.forward (v5.24)
     forward = text_tower_layer_forward
 
 
@@ -84,13 +87,14 @@ class TurboCLIPTextModel(CLIPTextModel):
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs) -> BaseModelOutputWithPooling:
+        # Copied from transformers.models.clip.modeling_clip.CLIPTextModel.forward (v5.24)
         if input_ids is None:
             raise ValueError("You have to specify input_ids")
         input_ids = input_ids.view(-1, input_ids.shape[-1])
         hidden_states = self.embeddings(input_ids=input_ids, position_ids=position_ids)
         token_mask = _token_mask(attention_mask, hidden_states)
         mask = create_causal_mask(
-            config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask, past_key_values=None
+            config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask, **cache_kwargs(None)
         )
         kwargs.pop("is_causal", None)
         ids = input_ids.to(dtype=torch.int, device=hidden_states.device)
@@ -111,6 +115,7 @@ class TurboSiglipTextModel(SiglipTextModel):
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs) -> BaseModelOutputWithPooling:
+        # Copied from transformers.models.siglip.modeling_siglip.SiglipTextModel.forward (v5.24)
         if input_ids is None:
             raise ValueError("You have to specify input_ids")
         input_ids = input_ids.view(-1, input_ids.shape[-1])

@@ -36,6 +36,7 @@ class TurboViTAttention(ProjectedAttentionMixin, ViTAttention):
 
 class TurboViTLayer(ViTLayer):
     def forward(self, hidden_states, size, source, step: LayerStep, attention_mask=None, **kwargs):
+        # Copied from transformers.models.vit.modeling_vit.ViTLayer.forward (v5.24)
         bias = step.attention_bias(size, hidden_states.dtype)
         residual = hidden_states
         hidden_states = self.layernorm_before(hidden_states)
@@ -85,6 +86,7 @@ class TurboViTModel(TurboHubMixin, ViTModel):
         attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> TurboModelOutputWithPooling:
+        # Copied from transformers.models.vit.modeling_vit.ViTModel.forward (v5.24)
         expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
         if pixel_values.dtype != expected_dtype:
             pixel_values = pixel_values.to(expected_dtype)

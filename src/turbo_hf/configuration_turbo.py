@@ -178,6 +178,7 @@ class TurboConfig(PreTrainedConfig):
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
         """`PreTrainedConfig.from_dict`, validated again after keyword overrides are applied."""
+        # Overrides transformers.configuration_utils.PreTrainedConfig.from_dict (v5.24)
         result = super().from_dict(config_dict, **kwargs)
         config = result[0] if isinstance(result, tuple) else result
         config._validate()

@@ -37,8 +37,15 @@ def export_model(
     Example:
 
     ```python
+    >>> import tempfile
+    >>> from transformers import ViTConfig, ViTModel
     >>> from turbo_hf.export import export_model
-    >>> export_model("facebook/dinov2-small", "dinov2-small", "dinov2-small-turbo")  # doctest: +SKIP
+    >>> base, out = tempfile.mkdtemp(), tempfile.mkdtemp()  # base: a Hub id or a stock checkpoint folder
+    >>> ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    ...                    image_size=32, patch_size=8)).save_pretrained(base)
+    >>> folder = export_model(base, "vit-base-patch16-224", out, overrides={"r": 2})
+    >>> (folder / "config.json").exists()
+    True
     ```
     """
     import turbo_hf

@@ -125,10 +125,17 @@ class TurboHubMixin:
     Example:
 
     ```python
-    >>> from turbo_hf import TurboConfig, TurboViTModel  # doctest: +SKIP
-    >>> model = TurboViTModel.from_pretrained("google/vit-base-patch16-224-in21k",
-    ...                                       turbo_config=TurboConfig(r=8))  # doctest: +SKIP
-    >>> model.save_pretrained("vit-base-turbo")  # doctest: +SKIP
+    >>> import os, tempfile
+    >>> from transformers import AutoModel
+    >>> from turbo_hf import TurboConfig, TurboViTConfig, TurboViTModel
+    >>> config = TurboViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    ...                         image_size=32, patch_size=8, turbo_config=TurboConfig(r=2))
+    >>> folder = tempfile.mkdtemp()
+    >>> TurboViTModel(config).save_pretrained(folder)  # or TurboViTModel.from_pretrained(stock_checkpoint, ...)
+    >>> "adapter_vit.py" in os.listdir(folder), "README.md" in os.listdir(folder)
+    (True, True)
+    >>> type(AutoModel.from_pretrained(folder, trust_remote_code=True)).__name__
+    'TurboViTModel'
     ```
     """
 

@@ -38,8 +38,16 @@ class TurboLlavaProcessor(LlavaProcessor):
     Example:
 
     ```python
-    >>> processor = TurboLlavaProcessor.from_pretrained("llava-hf/llava-1.5-7b-hf")  # doctest: +SKIP
-    >>> processor.sync_with(model).save_pretrained("llava-turbo")  # doctest: +SKIP
+    >>> from tokenizers import Tokenizer, models
+    >>> from transformers import CLIPImageProcessorPil, PreTrainedTokenizerFast
+    >>> from turbo_hf import TurboLlavaConfig, TurboLlavaProcessor
+    >>> vocab = {"<unk>": 0, "<image>": 1}  # in practice: TurboLlavaProcessor.from_pretrained("llava-hf/...")
+    >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
+    ...                                     unk_token="<unk>", extra_special_tokens={"image_token": "<image>"})
+    >>> processor = TurboLlavaProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer, patch_size=14)
+    >>> config = TurboLlavaConfig(turbo_config={"r": 16})  # a model works too: `processor.sync_with(model)`
+    >>> processor.sync_with(config).num_image_tokens(336, 336)
+    208
     ```
     """
 
@@ -130,11 +138,13 @@ class TurboLlavaProcessor(LlavaProcessor):
         return tokens
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        # Copied from transformers.models.llava.processing_llava.LlavaProcessor.replace_image_token (v5.24)
         pixel_values = image_inputs["pixel_values"][image_idx]
         height, width = get_image_size(to_numpy_array(pixel_values))
         return self.image_token * self.num_image_tokens(height, width)
 
     def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs):
+        # Copied from transformers.models.llava.processing_llava.LlavaProcessor._get_num_multimodal_tokens (v5.24)
         vision_data = {}
         if image_sizes is not None:
             images_kwargs = self._merge_kwargs(**kwargs)["images_kwargs"]
