@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 
 from transformers import PreTrainedConfig
@@ -16,6 +17,24 @@ LLM_TEXT_QUERIES = ("last", "all")
 # normalised by its mean over the non-[CLS] tokens, a small weight keeps ToMe's quality at every length.
 DEFAULT_ALPHA = 0.02
 DEFAULT_ALPHA_SCALE = "length"
+
+
+# what a plain `PreTrainedConfig` carries (or `to_dict` writes) besides the Turbo settings: accepted, not Turbo's
+_GENERIC_KEYS = frozenset(PreTrainedConfig().to_dict()) | {"name_or_path", "_commit_hash", "attn_implementation"}
+
+
+def check_setting_names(names, where: str = "TurboConfig") -> None:
+    """Refuse keys that are not Turbo settings, naming the closest valid one (`rr` -> `r`).
+
+    Generic `PreTrainedConfig` fields (`model_type`, `transformers_version`, ...) pass.
+    """
+    valid = list(TurboConfig.__annotations__)
+    for name in names:
+        if name in TurboConfig.__annotations__ or name in _GENERIC_KEYS:
+            continue
+        close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+        hint = f" Did you mean `{close[0]}`?" if close else ""
+        raise ValueError(f"{where} got an unknown setting `{name}`.{hint} Valid settings: {', '.join(valid)}.")
 
 
 def _allowed(name: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -110,8 +129,17 @@ class TurboConfig(PreTrainedConfig):
     llm_text_query: str = "last"
 
     def __post_init__(self, **kwargs):
+        check_setting_names(kwargs)
         self._validate()
         super().__post_init__(**kwargs)
+
+    def validate_settings(self) -> "TurboConfig":
+        """Check every setting again (after attribute assignments: `config.mode = "tome"`); returns `self`.
+
+        `apply_turbo` calls it, so a config changed after creation is never used unchecked.
+        """
+        self._validate()
+        return self
 
     def _validate(self) -> None:
         if isinstance(self.r, tuple):
@@ -219,11 +247,15 @@ def as_turbo_config(value: TurboConfig | dict | None) -> TurboConfig:
     if value is None:
         return TurboConfig()
     if isinstance(value, dict):
-        settings = {k: v for k, v in value.items() if k in TurboConfig.__annotations__}
-        return TurboConfig(**settings)
+        check_setting_names(value, "`turbo_config`")
+        return TurboConfig(**{k: v for k, v in value.items() if k in TurboConfig.__annotations__})
     if hasattr(value, "settings") and hasattr(value, "removes_tokens"):
-        return value if isinstance(value, TurboConfig) else TurboConfig(**value.settings())
-    raise ValueError(f"`turbo_config` must be a TurboConfig, a dict or None, got {type(value).__name__}.")
+        config = value if isinstance(value, TurboConfig) else TurboConfig(**value.settings())
+        return config.validate_settings()
+    raise ValueError(
+        f"`turbo_config` must be a TurboConfig, a dict of its settings or None, got {type(value).__name__} "
+        f"({value!r})."
+    )
 
 
-__all__ = ["TurboConfig", "as_turbo_config", "LLM_TEXT_QUERIES", "MODES", "REDUCTIONS", "SCHEDULES", "ALPHA_SCALES"]
+__all__ = ["TurboConfig", "as_turbo_config", "check_setting_names", "LLM_TEXT_QUERIES", "MODES", "REDUCTIONS", "SCHEDULES", "ALPHA_SCALES"]

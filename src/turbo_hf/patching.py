@@ -11,7 +11,7 @@ from transformers.utils import logging
 from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
 
 from .configuration_turbo import TurboConfig, as_turbo_config
-from .registry import FamilyAdapter, find_adapter
+from .registry import FamilyAdapter, adapter_by_name, find_adapter, registered_adapters
 from .schedules import LayerCost, flops_fraction, token_counts
 from .turbo_encoder import TurboRuntime
 
@@ -22,12 +22,73 @@ FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "kernels-comm
 
 @dataclass
 class TurboPatch:
-    """What `apply_turbo` changed on a model, so `remove_turbo` can undo it exactly."""
+    """What `apply_turbo` changed on a model, so `remove_turbo` can undo it exactly.
+
+    Pickles (`torch.save`, `copy.deepcopy`) by the adapter's name: the adapter itself holds functions.
+    """
 
     config: TurboConfig
     adapter: FamilyAdapter
     swapped: list[tuple[nn.Module, type]]
     vision_models: list[nn.Module]
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["adapter"] = self.adapter.name
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        state["adapter"] = adapter_by_name(state["adapter"])
+        self.__dict__.update(state)
+        for module, _ in self.swapped:  # a fresh process has not registered the swapped classes yet
+            _register_outputs(module)
+
+
+def _register_outputs(module: nn.Module) -> None:
+    if hasattr(module, "_can_record_outputs"):
+        _CAN_RECORD_REGISTRY[module] = module._can_record_outputs
+
+
+def _turbo_classes() -> set[type]:
+    return {turbo for adapter in registered_adapters() for turbo in adapter.class_map.values()}
+
+
+_PATCH_TAG = "_turbo_in_patch"  # on every swapped module: the TurboPatch it belongs to
+
+
+def _check_not_nested(model: nn.Module) -> None:
+    """Refuse a model that holds (or sits inside) modules another `apply_turbo` call patched."""
+    own = getattr(model, "_turbo_patch", None)
+    for name, module in model.named_modules():
+        tag = module.__dict__.get(_PATCH_TAG)
+        if module is not model and getattr(module, "_turbo_patch", None) is not None:
+            raise ValueError(
+                f"`{name}` of this {type(model).__name__} is patched by Turbo on its own: call "
+                f"`remove_turbo(model.{name})` before patching the whole model."
+            )
+        if tag is not None and tag is not own:
+            where = f"`{name}` of this {type(model).__name__}" if name else f"This {type(model).__name__}"
+            raise ValueError(
+                f"{where} was patched by Turbo as part of an enclosing model: patch (or `remove_turbo`) that "
+                "model instead; nested patches cannot be removed one by one."
+            )
+
+
+def _check_exact_classes(targets: list[nn.Module], adapter: FamilyAdapter) -> None:
+    """Refuse subclasses of the stock classes: swapping their class for the Turbo one would drop their code."""
+    stock_classes = tuple(adapter.class_map)
+    turbo_classes = tuple(_turbo_classes())
+    for module in targets:
+        cls = type(module)
+        if cls in adapter.class_map or issubclass(cls, turbo_classes) or not isinstance(module, stock_classes):
+            continue
+        stock = next(base for base in cls.__mro__ if base in adapter.class_map)
+        raise ValueError(
+            f"{cls.__name__} subclasses the stock {stock.__name__}: Turbo replaces the class of a patched module "
+            f"with {adapter.class_map[stock].__name__}, which would drop what {cls.__name__} changes. Patch a plain "
+            f"{stock.__name__}, or build your subclass on turbo_hf's {adapter.class_map[stock].__name__}."
+        )
 
 
 def _linear_macs(module: nn.Module) -> int:
@@ -126,7 +187,8 @@ def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -
     """Patch a stock Transformers model in place so its vision encoder merges tokens with Turbo.
 
     Weights, parameter names and the `state_dict` do not change; `remove_turbo` restores the stock model
-    exactly. Applying again replaces the previous settings.
+    exactly. Applying again replaces the previous settings. Patching is atomic: when any setting is refused,
+    the model stays exactly as it was (stock, or patched with its previous settings).
 
     Args:
         model: a supported model (`turbo_hf.supported_classes()` lists them).
@@ -154,24 +216,45 @@ def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -
         raise ValueError("Pass either a `config` or keyword settings to `apply_turbo`, not both.")
     else:
         config = as_turbo_config(config)
+    config.validate_settings()  # also after attribute assignments (`config.mode = ...`)
     adapter = find_adapter(model)
-    if adapter.validate is not None:  # before anything changes: a refused config leaves the model as it was
+    _check_not_nested(model)
+    # Everything that can refuse runs before anything changes: a refused config leaves the model as it was.
+    if adapter.validate is not None:
         adapter.validate(model, config)
     elif config.reduces_llm_tokens:
         raise ValueError(
             f"`llm_layers`/`llm_keep` reduce image tokens inside a language model; {type(model).__name__} has "
             "none (they apply to LLaVA)."
         )
-    if is_turbo_applied(model):
-        remove_turbo(model)
     runtimes = _build_runtimes(model, adapter, config)
-
     vision_models = adapter.vision_models(model)
     targets = [model] + [m for vision in vision_models for m in vision.modules()]
     if adapter.extra_modules is not None:
         targets += adapter.extra_modules(model)
+    _check_exact_classes(targets, adapter)
+
+    previous = get_turbo_config(model)
+    if previous is not None:
+        remove_turbo(model)
+    try:
+        _swap(model, adapter, config, targets, vision_models, runtimes)
+    except BaseException:
+        if is_turbo_applied(model):
+            remove_turbo(model)
+        if previous is not None:
+            apply_turbo(model, previous)
+        raise
+    logger.info(f"Turbo applied to {type(model).__name__} ({adapter.name}): {len(model._turbo_patch.swapped)} "
+                "modules patched.")
+    return model
+
+
+def _swap(model, adapter, config, targets, vision_models, runtimes) -> None:
+    """Give every target its Turbo class (recording each swap as it happens, so a failure can be undone)."""
     stock_of = {turbo_class: stock_class for stock_class, turbo_class in adapter.class_map.items()}
     swapped, seen = [], set()
+    model._turbo_patch = TurboPatch(config=config, adapter=adapter, swapped=swapped, vision_models=[])
     for module in targets:
         stock_class = stock_of.get(type(module), type(module))
         turbo_class = adapter.class_map.get(stock_class)
@@ -179,15 +262,13 @@ def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -
             continue
         seen.add(id(module))
         swapped.append((module, stock_class))
+        module.__dict__[_PATCH_TAG] = model._turbo_patch
         if type(module) is not turbo_class:
             module.__class__ = turbo_class
-            if hasattr(module, "_can_record_outputs"):
-                _CAN_RECORD_REGISTRY[module] = module._can_record_outputs
+            _register_outputs(module)
     for vision, runtime in zip(vision_models, runtimes):
         vision.turbo_runtime = runtime
-    model._turbo_patch = TurboPatch(config=config, adapter=adapter, swapped=swapped, vision_models=vision_models)
-    logger.info(f"Turbo applied to {type(model).__name__} ({adapter.name}): {len(swapped)} modules patched.")
-    return model
+        model._turbo_patch.vision_models.append(vision)
 
 
 def apply_turbo_from_config(model: nn.Module) -> nn.Module:
@@ -214,15 +295,17 @@ def remove_turbo(model: nn.Module) -> nn.Module:
         raise ValueError(f"{type(model).__name__} has no Turbo patch to remove: call `apply_turbo` first.")
     for module, stock_class in reversed(patch.swapped):
         module.__class__ = stock_class
+        module.__dict__.pop(_PATCH_TAG, None)
     for vision in patch.vision_models:
-        del vision.turbo_runtime
+        vision.__dict__.pop("turbo_runtime", None)
     del model._turbo_patch
     return model
 
 
 @contextmanager
 def turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -> Iterator[nn.Module]:
-    """Context manager: Turbo inside the block, the stock model after it (even on error).
+    """Context manager: Turbo with these settings inside the block; after it (even on error) the model is as it
+    was before: stock, patched with its previous settings, or the Turbo class it was built as.
 
     Example:
 
@@ -236,11 +319,14 @@ def turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -> Iter
     'TurboViTModel'
     ```
     """
+    previous = get_turbo_config(model)
     apply_turbo(model, config, **kwargs)
     try:
         yield model
     finally:
         remove_turbo(model)
+        if previous is not None:
+            apply_turbo(model, previous)
 
 
 __all__ = ["apply_turbo", "apply_turbo_from_config", "get_turbo_config", "is_turbo_applied", "layer_cost", "remove_turbo", "turbo", "turbo_plan"]

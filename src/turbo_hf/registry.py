@@ -101,6 +101,14 @@ def registered_adapters() -> list[FamilyAdapter]:
     return list(_ADAPTERS)
 
 
+def adapter_by_name(name: str) -> FamilyAdapter:
+    """The registered adapter called `name` (e.g. `"vit"`)."""
+    for adapter in _ADAPTERS:
+        if adapter.name == name:
+            return adapter
+    raise ValueError(f"No Turbo family called {name!r}; registered: {[a.name for a in _ADAPTERS]}.")
+
+
 def supported_classes() -> list[str]:
     """Names of every stock class `apply_turbo` accepts."""
     return sorted(cls.__name__ for adapter in _ADAPTERS for cls in adapter.model_classes)
@@ -116,4 +124,4 @@ def find_adapter(model: nn.Module) -> FamilyAdapter:
     )
 
 
-__all__ = ["FamilyAdapter", "find_adapter", "register_adapter", "registered_adapters", "supported_classes"]
+__all__ = ["FamilyAdapter", "adapter_by_name", "find_adapter", "register_adapter", "registered_adapters", "supported_classes"]

@@ -127,12 +127,58 @@ def resolve_schedule(
     return best
 
 
+def shortfall(
+    *,
+    r: int | list[int] | None,
+    flops_ratio: float | None,
+    schedule: str,
+    min_tokens: int,
+    num_layers: int,
+    num_tokens: int,
+    cost: LayerCost,
+    resolved: list[int],
+    protect_first: bool = True,
+) -> str | None:
+    """Why a resolved schedule falls short of the request (a sentence for a warning), or None when it does not.
+
+    Example:
+
+    ```python
+    >>> from turbo_hf.schedules import LayerCost, shortfall
+    >>> cost = LayerCost(attention_per_token=4, mlp_per_token=8, hidden_size=1)
+    >>> reason = shortfall(r=8, flops_ratio=None, schedule="constant", min_tokens=0, num_layers=2, num_tokens=9,
+    ...                    cost=cost, resolved=[4, 2])
+    >>> reason.endswith("at most [4, 2] can go (half of the tokens per layer at most, [CLS] kept): 3 tokens remain.")
+    True
+    ```
+    """
+    left = token_counts(resolved, num_tokens)[-1]
+    limits = "half of the tokens per layer at most" + (", [CLS] kept" if protect_first else "")
+    limits += f", min_tokens={min_tokens}" if min_tokens else ""
+    if flops_ratio is None:
+        requested = spread_r(r, num_layers, schedule)
+        if requested == resolved:
+            return None
+        return (
+            f"`r={r!r}` asks for {requested} tokens removed per layer from {num_tokens} tokens in {num_layers} layers; "
+            f"at most {resolved} can go ({limits}): {left} tokens remain."
+        )
+    kept = flops_fraction(resolved, num_tokens, cost)
+    if kept <= flops_ratio + 1e-9:
+        return None
+    return (
+        f"`flops_ratio={flops_ratio}` cannot be met for {num_tokens} tokens in {num_layers} layers ({limits}): the "
+        f"strongest schedule {resolved} keeps {kept:.3f} of the FLOPs, {left} tokens remain."
+    )
+
+
 __all__ = [
     "LayerCost",
     "clamp_schedule",
     "flops_fraction",
     "resolve_schedule",
     "schedule_macs",
+    "shortfall",
     "spread_r",
     "token_counts",
 ]

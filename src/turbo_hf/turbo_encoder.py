@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
 
 from .configuration_turbo import TurboConfig
 from .merging import (
@@ -28,7 +29,9 @@ from .merging import (
     unmerge,
     update_source,
 )
-from .schedules import LayerCost, resolve_schedule
+from .schedules import LayerCost, resolve_schedule, shortfall
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -168,9 +171,14 @@ class TurboRuntime:
         return proportional_bias(size, dtype)
 
     def schedule(self, num_tokens: int) -> list[int]:
-        """Tokens removed by each layer for an input of `num_tokens` tokens."""
+        """Tokens removed by each layer for an input of `num_tokens` tokens.
+
+        A request that cannot be met (more tokens than the bipartite split or `min_tokens` allow, a FLOP budget
+        below what merging can reach) is clamped with one warning per input length, naming the request and what
+        is applied.
+        """
         config = self.config
-        return resolve_schedule(
+        request = dict(
             r=config.r,
             flops_ratio=config.flops_ratio,
             schedule=config.schedule,
@@ -180,6 +188,14 @@ class TurboRuntime:
             cost=self.cost,
             protect_first=self.protect_first,
         )
+        resolved = resolve_schedule(**request)
+        warned = self.__dict__.setdefault("_warned_lengths", set())
+        if num_tokens not in warned:
+            warned.add(num_tokens)
+            reason = shortfall(**request, resolved=resolved)
+            if reason is not None:
+                logger.warning(f"Turbo: {reason}")
+        return resolved
 
     def steps(self, num_tokens: int) -> list[LayerStep]:
         """One `LayerStep` per layer for an input of `num_tokens` tokens."""
