@@ -110,6 +110,9 @@ def test_unknown_settings_are_refused_when_loading(tmp_path):
     build("vit").save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="unknown setting `rr`. Did you mean `r`"):
         TurboViTModel.from_pretrained(tmp_path, turbo_config={"rr": 16})
+    for wrong in ("16", 16):
+        with pytest.raises(ValueError, match="`turbo_config` must be a TurboConfig, a dict of its settings or None"):
+            TurboViTModel.from_pretrained(tmp_path, turbo_config=wrong)
 
 
 @pytest.mark.parametrize(

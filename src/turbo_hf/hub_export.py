@@ -141,12 +141,22 @@ class TurboHubMixin:
 
     turbo_auto_classes: dict = {}
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; a `turbo_config=` keyword is checked first (a `TurboConfig` or a
+        dict of its settings), so a wrong value fails with a clear error instead of deep inside loading."""
+        # Overrides transformers.modeling_utils.PreTrainedModel.from_pretrained (v5.24)
+        if kwargs.get("turbo_config") is not None:
+            kwargs["turbo_config"] = as_turbo_config(kwargs["turbo_config"])
+        return super().from_pretrained(*args, **kwargs)
+
     def save_pretrained(self, save_directory, *args, model_card: dict | None = None, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus `auto_map`, remote code and a model card.
 
         Args:
             model_card: optional `base_model`, `license`, `results_markdown` and `sources` for the model card.
         """
+        # Overrides transformers.modeling_utils.PreTrainedModel.save_pretrained (v5.24)
         result = super().save_pretrained(save_directory, *args, **kwargs)
         if not str(getattr(type(self.config), "model_type", "")).startswith("turbo_"):
             logger.warning(

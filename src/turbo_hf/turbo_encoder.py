@@ -276,6 +276,11 @@ class ProjectedAttentionMixin:
     turbo_eager: Callable
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
+        # Copied from transformers.models.vit.modeling_vit.ViTAttention.forward (v5.24)
+        # Copied from transformers.models.dinov2.modeling_dinov2.Dinov2Attention.forward (v5.24)
+        # Copied from transformers.models.clip.modeling_clip.CLIPAttention.forward (v5.24)
+        # Copied from transformers.models.siglip.modeling_siglip.SiglipAttention.forward (v5.24)
+        # (the same computation in the four families; this one also returns the queries and keys Turbo scores)
         return projected_attention(
             self,
             hidden_states,

@@ -130,6 +130,15 @@ OVERRIDES: tuple[Override, ...] = tuple(
     + [
         Override("turbo_hf.configuration_turbo.TurboConfig.from_dict",
                  "transformers.configuration_utils.PreTrainedConfig.from_dict"),
+        Override("turbo_hf.hub_export.TurboHubMixin.save_pretrained",
+                 "transformers.modeling_utils.PreTrainedModel.save_pretrained"),
+        Override("turbo_hf.hub_export.TurboHubMixin.from_pretrained",
+                 "transformers.modeling_utils.PreTrainedModel.from_pretrained"),
+        *(
+            Override("turbo_hf.turbo_encoder.ProjectedAttentionMixin.forward", f"transformers.models.{path}.forward")
+            for path in ("clip.modeling_clip.CLIPAttention", "dinov2.modeling_dinov2.Dinov2Attention",
+                         "siglip.modeling_siglip.SiglipAttention", "vit.modeling_vit.ViTAttention")
+        ),
         # copies under another name
         Override("turbo_hf.adapter_llava.TurboLlavaTextModel._reduced_forward",
                  "transformers.models.llama.modeling_llama.LlamaModel.forward"),
@@ -261,23 +270,31 @@ def record_fingerprints(path: Path = FINGERPRINTS_FILE) -> dict[str, dict[str, s
 
 
 def discover_overrides() -> set[tuple[str, str]]:
-    """Every (Turbo method, stock method) pair where a class of `turbo_hf` replaces a method that a Transformers
-    base class defines (constructors excepted: they chain to the stock ones)."""
+    """Every (Turbo method, stock method) pair where code of `turbo_hf` replaces a method that a Transformers
+    base class defines: in a Turbo class itself, or in a `turbo_hf` mixin it inherits (then the pair names the
+    mixin). Constructors are left out: they chain to the stock ones."""
     import turbo_hf
 
     found = set()
     for info in pkgutil.iter_modules(turbo_hf.__path__):
         module = importlib.import_module(f"turbo_hf.{info.name}")
-        for class_name, cls in vars(module).items():
+        for cls in vars(module).values():
             if not inspect.isclass(cls) or cls.__module__ != module.__name__:
                 continue
             stock_bases = [base for base in cls.__mro__[1:] if base.__module__.startswith("transformers.")]
-            for method, value in vars(cls).items():
-                if method.startswith("__") or not callable(getattr(value, "__func__", value)):
-                    continue
-                owner = next((base for base in stock_bases if method in vars(base)), None)
-                if owner is not None and not inspect.isclass(value):
-                    found.add((f"{module.__name__}.{class_name}.{method}", f"{owner.__module__}.{owner.__qualname__}.{method}"))
+            ours = [base for base in cls.__mro__ if base.__module__.startswith("turbo_hf.")]
+            for holder in ours:
+                if holder is not cls and any(base.__module__.startswith("transformers.") for base in holder.__mro__):
+                    continue  # a Turbo class of its own: reported when it is visited
+                for method, value in vars(holder).items():
+                    if method.startswith("__") or inspect.isclass(value) or not callable(getattr(value, "__func__", value)):
+                        continue
+                    owner = next((base for base in stock_bases if method in vars(base)), None)
+                    if owner is not None:
+                        found.add((
+                            f"{holder.__module__}.{holder.__qualname__}.{method}",
+                            f"{owner.__module__}.{owner.__qualname__}.{method}",
+                        ))
     return found
 
 
