@@ -127,43 +127,39 @@ def resolve_schedule(
     return best
 
 
-def shortfall(
-    *,
-    r: int | list[int] | None,
-    flops_ratio: float | None,
-    schedule: str,
-    min_tokens: int,
-    num_layers: int,
-    num_tokens: int,
-    cost: LayerCost,
-    resolved: list[int],
-    protect_first: bool = True,
-) -> str | None:
+def shortfall(request: dict, resolved: list[int]) -> str | None:
     """Why a resolved schedule falls short of the request (a sentence for a warning), or None when it does not.
+
+    Args:
+        request: the keyword arguments `resolved` came from (those of `resolve_schedule`).
+        resolved: what `resolve_schedule(**request)` returned.
 
     Example:
 
     ```python
-    >>> from turbo_hf.schedules import LayerCost, shortfall
+    >>> from turbo_hf.schedules import LayerCost, resolve_schedule, shortfall
     >>> cost = LayerCost(attention_per_token=4, mlp_per_token=8, hidden_size=1)
-    >>> reason = shortfall(r=8, flops_ratio=None, schedule="constant", min_tokens=0, num_layers=2, num_tokens=9,
-    ...                    cost=cost, resolved=[4, 2])
+    >>> request = dict(r=8, flops_ratio=None, schedule="constant", min_tokens=0, num_layers=2, num_tokens=9,
+    ...                cost=cost)
+    >>> reason = shortfall(request, resolve_schedule(**request))
     >>> reason.endswith("at most [4, 2] can go (half of the tokens per layer at most, [CLS] kept): 3 tokens remain.")
     True
     ```
     """
+    r, flops_ratio, min_tokens = request["r"], request["flops_ratio"], request["min_tokens"]
+    num_layers, num_tokens = request["num_layers"], request["num_tokens"]
     left = token_counts(resolved, num_tokens)[-1]
-    limits = "half of the tokens per layer at most" + (", [CLS] kept" if protect_first else "")
+    limits = "half of the tokens per layer at most" + (", [CLS] kept" if request.get("protect_first", True) else "")
     limits += f", min_tokens={min_tokens}" if min_tokens else ""
     if flops_ratio is None:
-        requested = spread_r(r, num_layers, schedule)
+        requested = spread_r(r, num_layers, request["schedule"])
         if requested == resolved:
             return None
         return (
             f"`r={r!r}` asks for {requested} tokens removed per layer from {num_tokens} tokens in {num_layers} layers; "
             f"at most {resolved} can go ({limits}): {left} tokens remain."
         )
-    kept = flops_fraction(resolved, num_tokens, cost)
+    kept = flops_fraction(resolved, num_tokens, request["cost"])
     if kept <= flops_ratio + 1e-9:
         return None
     return (

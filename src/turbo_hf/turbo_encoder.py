@@ -192,7 +192,7 @@ class TurboRuntime:
         warned = self.__dict__.setdefault("_warned_lengths", set())
         if num_tokens not in warned:
             warned.add(num_tokens)
-            reason = shortfall(**request, resolved=resolved)
+            reason = shortfall(request, resolved)
             if reason is not None:
                 logger.warning(f"Turbo: {reason}")
         return resolved
