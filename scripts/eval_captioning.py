@@ -2,9 +2,9 @@
 
 For every setting the model captions every image with `generate()`; the captions are scored against the
 references with BLEU-1..4, CIDEr (CIDEr-D exactly as the COCO caption evaluation computes it, document
-frequencies from the evaluated references) and ROUGE-L, all implemented in `turbo_hf.metrics`, plus METEOR
-through `evaluate.load("meteor")` when that loads (it needs the Hub or a local copy and nltk; otherwise the
-column says n/a). Captions are tokenised like the COCO evaluation (lower case, PTB-style tokens, punctuation
+frequencies from the evaluated references) and ROUGE-L, all implemented in `turbo_hf.metrics`. METEOR is
+opt-in (`--meteor`): it comes through `evaluate.load("meteor")`, which downloads and runs metric code from the
+Hugging Face Hub (and needs nltk); without the flag nothing is fetched and the column says n/a. Captions are tokenised like the COCO evaluation (lower case, PTB-style tokens, punctuation
 dropped) before scoring. Scores are printed x100 (CIDEr 1.333 -> 133.3), as in the papers.
 
 Speed: `generate()` on one batch with a fixed output length (min_new_tokens = max_new_tokens), so every
@@ -49,14 +49,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-beams", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=20)
     parser.add_argument("--min-new-tokens", type=int, default=5)
-    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (evaluate + nltk)")
+    parser.add_argument("--meteor", action="store_true",
+                        help="also score METEOR: downloads and runs the metric's code from the Hub (evaluate + nltk)")
+    parser.add_argument("--no-meteor", action="store_false", dest="meteor", help=argparse.SUPPRESS)  # the old default
     return parser.parse_args(argv)
 
 
 def load_meteor(enabled: bool):
-    """`evaluate`'s METEOR, or (None, reason) when it cannot be loaded (offline, nltk missing, ...)."""
+    """`evaluate`'s METEOR when `enabled` (`--meteor`), or (None, reason): off, or it cannot be loaded (offline,
+    nltk missing, ...). Off, `evaluate` is not even imported: nothing is fetched from the Hub."""
     if not enabled:
-        return None, "disabled (--no-meteor)"
+        return None, "off (--meteor scores it, with metric code from the Hub)"
     try:
         import evaluate
 
@@ -111,7 +114,7 @@ def run(argv=None) -> int:
     empty = [i for i, refs in enumerate(references) if not refs]
     if empty:
         raise UsageError(f"Rows {empty[:5]} have no reference caption in {caption_columns}.")
-    meteor, meteor_reason = load_meteor(not args.no_meteor) if runner.is_main else (None, None)
+    meteor, meteor_reason = load_meteor(args.meteor) if runner.is_main else (None, None)
     if runner.is_main and meteor is None:
         print(f"METEOR: n/a ({meteor_reason})", file=sys.stderr)
 

@@ -446,3 +446,15 @@ def test_export_with_the_llava_preset_saves_a_synced_processor(stock_folder, tmp
     per_image = sum(f.shape[0] for f in features) // 2 if isinstance(features, (list, tuple)) else features.shape[1]
     assert per_image == 64 - 2 * 4  # 2 tower layers run (feature layer -2), [CLS] dropped
     assert int((batch["input_ids"] == IMAGE_TOKEN_ID).sum()) == 2 * per_image
+
+
+def test_processor_sync_with_another_model_is_a_clear_error():
+    from transformers import ViTConfig, ViTModel
+
+    vit = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    processor = TurboLlavaProcessor(**processor_parts())
+    with pytest.raises(ValueError, match=r"needs a \(Turbo\) LLaVA model or config .*got a ViTModel \(ViTConfig\)"):
+        processor.sync_with(vit)
+    with pytest.raises(ValueError, match="needs a .* LLaVA model or config .*got a ViTConfig"):
+        processor.sync_with(vit.config)
+    assert processor.turbo_config is None  # left as it was

@@ -105,3 +105,15 @@ def test_visualize_merges_draws_one_colour_per_merged_token(vit_folder, tmp_path
     with pytest.raises(UsageError, match="does not exist"):
         visualize_merges(str(vit_folder), str(tmp_path / "missing.png"), 6, tmp_path / "x.png")
     assert not is_turbo_applied(ViTModel.from_pretrained(vit_folder))
+
+
+def test_a_device_this_torch_lacks_is_refused_before_loading(monkeypatch, tmp_path):
+    from turbo_hf.devices import available_devices, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert available_devices()[:2] == ["auto", "cpu"] and "cuda" not in available_devices()
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(UsageError, match=r"`device` 'cuda' is not available: .*available: auto, cpu"):
+        run_bench(str(tmp_path / "never-loaded"), device="cuda", progress=False)
+    with pytest.raises(ValueError, match="'npu7' is not a torch device name"):
+        resolve_device("npu7")

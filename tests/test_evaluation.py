@@ -247,11 +247,16 @@ def test_retrieval_blip_itm_reranking(assets, tmp_path):
         assert 0 <= metrics["itm_i2t_R@1"] <= metrics["itm_i2t_R@5"] <= 100 and metrics["i2t_R@1"] == metrics["itm_i2t_R@1"]
 
 
-def test_captioning_blip(assets, tmp_path):
+def test_captioning_blip(assets, tmp_path, monkeypatch):
+    import types
+
+    loads = []  # METEOR is opt-in: by default no metric code is fetched from the Hub
+    monkeypatch.setitem(sys.modules, "evaluate", types.SimpleNamespace(load=lambda *a, **k: loads.append(a)))
     payload = run_script("eval_captioning", ["--model", str(assets / "blip_caption"), "--dataset", str(assets / "data.jsonl"),
                                              "--caption-column", "captions", "--modes", BLIP_MODES, "--r", "6",
                                              "--batch-size", "8", "--max-new-tokens", "4", "--min-new-tokens", "1",
-                                             "--num-beams", "2", "--no-meteor", "--no-flops"], tmp_path)
+                                             "--num-beams", "2", "--no-flops"], tmp_path)
+    assert loads == [] and payload["meteor"].startswith("off (--meteor")
     for row in payload["rows"]:
         metrics = row["metrics"]
         assert len(metrics["captions"]) == 8 and all(isinstance(c, str) for c in metrics["captions"])
@@ -345,6 +350,10 @@ def test_meteor_is_optional_and_generated_text_loses_its_prompt(monkeypatch):
     monkeypatch.setitem(sys.modules, "evaluate", offline)
     assert captioning.load_meteor(True) == (None, "FileNotFoundError: no Hub here")
     assert captioning.load_meteor(False)[0] is None
+    required = ["--model", "org/model", "--dataset", "org/data"]
+    assert captioning.parse_args(required).meteor is False  # opt-in
+    assert captioning.parse_args([*required, "--meteor"]).meteor is True
+    assert captioning.parse_args([*required, "--no-meteor"]).meteor is False  # the old flag still parses
 
     class Words:
         def batch_decode(self, ids, skip_special_tokens=True):
@@ -355,3 +364,28 @@ def test_meteor_is_optional_and_generated_text_loses_its_prompt(monkeypatch):
     assert decode_generated(Words(), torch.tensor([[1, 2, 5], [3, 4, 6]]), inputs, None) == ["w5", "w6"]
     # BLIP returns its own start token then the prompt text: the prompt is cut from the text
     assert decode_generated(Words(), torch.tensor([[7, 8]]), {}, ["w7"]) == ["w8"]
+
+
+def test_a_missing_local_model_or_dataset_fails_at_once(tmp_path, monkeypatch, capsys):
+    import time
+
+    from turbo_hf.evaluation import load_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "data.jsonl").write_text("")
+    module = load_script("eval_classification")
+    start = time.perf_counter()
+    for flag in ("--model", "--dataset"):
+        for missing in ("./nothing", "runs/nothing", str(tmp_path / "no" / "where")):
+            argv = {"--model": "org/model", "--dataset": "data.jsonl", flag: missing}
+            with pytest.raises(SystemExit) as exit_info:
+                module.main([part for pair in argv.items() for part in pair])
+            assert exit_info.value.code == 2
+            assert f"argument {flag}: the local path {missing!r} does not exist" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="--model: the local path 'runs/nothing' does not exist"):
+        load_model("runs/nothing", ["AutoModel"])
+    for missing in ("runs/nothing", "./nothing.jsonl", "~/no-such-turbo-hf-data"):
+        with pytest.raises(UsageError, match=f"--dataset: the local file or folder '{missing}' does not exist"):
+            load_data(missing)
+    assert time.perf_counter() - start < 10

@@ -8,6 +8,7 @@ import transformers
 import turbo_hf
 from turbo_hf import TurboConfig
 from turbo_hf.cli import main
+from turbo_hf.export import export_model
 from turbo_hf.presets import list_presets, load_preset
 
 
@@ -38,3 +39,29 @@ def test_export_writes_a_hub_folder_with_processor_and_card(converted, tmp_path,
     assert "| 3 | 1.1x |" in card and "Where the settings come from" in card
     model = transformers.AutoModel.from_pretrained(out)
     assert type(model) is turbo_hf.TurboDinov2Model and model.turbo_runtime.config.r == 3
+
+
+def test_a_base_of_another_family_is_refused_before_anything_is_written(tmp_path, capsys):
+    from transformers import Dinov2Config, Dinov2Model
+
+    base = tmp_path / "dinov2"
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             image_size=28, patch_size=14)).save_pretrained(base)
+    out = tmp_path / "out"
+    assert main(["export", "--base", str(base), "--preset", "clip-vit-base-patch16", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--base {str(base)!r} is a 'dinov2' checkpoint (Dinov2Model)" in err
+    assert "--preset 'clip-vit-base-patch16' builds TurboCLIPModel, a 'clip' model" in err
+    assert "presets for it: dinov2-base, dinov2-small" in err
+    assert not out.exists()
+    with pytest.raises(ValueError, match="'dinov2' checkpoint .* builds TurboLlavaForConditionalGeneration"):
+        export_model(base, "llava-1.5-7b", out)
+    assert not out.exists()
+
+
+def test_families_of_model_types_and_classes():
+    from turbo_hf.export import class_family, model_family
+
+    assert model_family("turbo_siglip_vision_model") == "siglip" == class_family(turbo_hf.TurboSiglipVisionModel)
+    assert model_family("blip-2") == "blip_2" == class_family(turbo_hf.TurboBlip2ForConditionalGeneration)
+    assert class_family(turbo_hf.TurboCLIPVisionModel) == "clip" == class_family(transformers.CLIPModel)

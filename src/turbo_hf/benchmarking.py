@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .configuration_turbo import TurboConfig
+from .devices import resolve_device
 from .evaluation import (
     MODE_LABELS,
     MODE_ORDER,
@@ -46,9 +47,11 @@ from .visualization import denormalize, draw_merges, merge_groups, side_by_side
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """`resolve_device`, with a `UsageError` naming `device` and the available devices."""
+    try:
+        return resolve_device(device)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
 
 
 def _image_size(model: nn.Module, image_size: int | None) -> int:
@@ -119,7 +122,8 @@ def run_bench(
             embeddings where the model needs it.
         repeats: timed rounds; each round runs every setting once, in rotating order; the median is reported.
         warmup: untimed rounds first.
-        device: `"auto"` (CUDA when available), `"cpu"`, `"cuda"`, `"cuda:1"`, ...
+        device: `"auto"` (CUDA when available), `"cpu"`, `"cuda"`, `"cuda:1"`, ...; one this machine lacks
+            raises a `UsageError` naming the available devices before the model is loaded.
         out_dir: when given, `bench.json`, `bench.md` and `bench.png` are written there.
         preset: a preset name from `configs/` (or a preset JSON path) giving the other Turbo settings.
         dtype: `"float32"`, `"float16"` or `"bfloat16"` when loading from a path.

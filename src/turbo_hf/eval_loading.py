@@ -12,17 +12,20 @@ from torch import nn
 from .patching import is_turbo_applied, remove_turbo
 from .eval_data import to_rgb
 from .eval_settings import UsageError
+from .local_paths import check_local_path
 
 
 def load_model(path: str, auto_classes: Sequence[str], dtype: str | None = None, attn: str | None = None):
     """A model from a folder or Hub id, in eval mode, with any Turbo patch removed (the stock model).
 
     The class named by the checkpoint's `architectures` is used when transformers or turbo_hf has it;
-    otherwise the first of `auto_classes` that loads.
+    otherwise the first of `auto_classes` that loads. A local-looking `path` that does not exist
+    (`turbo_hf.local_paths`) raises a `UsageError` at once, without trying the Hub.
     """
     import transformers
     from transformers import AutoConfig
 
+    path = check_local_path(path, "--model", UsageError)
     kwargs = {}
     if dtype:
         kwargs["dtype"] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]

@@ -57,6 +57,7 @@ from .eval_settings import (
     use_setting,
     vision_patch_grid,
 )
+from .local_paths import check_local_path
 from .measurement import count_flops, measure_settings
 
 
@@ -153,8 +154,9 @@ def write_outputs(
 
 def add_common_arguments(parser, batch_size: int = 16) -> None:
     """The arguments every evaluation script shares."""
-    parser.add_argument("--model", required=True, help="model folder or Hub id (stock or Turbo checkpoint)")
-    parser.add_argument("--dataset", required=True,
+    parser.add_argument("--model", required=True, type=_local_or_hub,
+                        help="model folder or Hub id (stock or Turbo checkpoint)")
+    parser.add_argument("--dataset", required=True, type=_local_or_hub,
                         help="Hub dataset name, an imagefolder directory, or a .jsonl file of image paths + fields")
     parser.add_argument("--dataset-config", default=None, help="configuration name of a Hub dataset")
     parser.add_argument("--split", default=None, help="split (default: test, validation, val or train)")
@@ -178,6 +180,16 @@ def add_common_arguments(parser, batch_size: int = 16) -> None:
     parser.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
     parser.add_argument("--out", default="eval_results", help="output folder")
     parser.add_argument("--name", default=None, help="output file stem (default: the task name)")
+
+
+def _local_or_hub(text: str) -> str:
+    """A Hub id, or a local path that exists (a missing one fails here instead of after Hub retries)."""
+    import argparse
+
+    try:
+        return check_local_path(text, "the argument")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"the local path {text!r} does not exist (a Hub id looks like org/name)") from error
 
 
 def _mode_type(text: str) -> list[str]:

@@ -3,7 +3,7 @@ LLaVA model gives features per image (the merged token count), computed with the
 
 from __future__ import annotations
 
-from transformers import AutoProcessor
+from transformers import AutoProcessor, LlavaConfig
 from transformers.image_utils import get_image_size, to_numpy_array
 from transformers.models.llava.processing_llava import LlavaProcessor
 from transformers.processing_utils import MultiModalData
@@ -107,9 +107,18 @@ class TurboLlavaProcessor(LlavaProcessor):
 
         Returns:
             The processor itself.
+
+        Raises:
+            ValueError: when `model_or_config` is not a LLaVA model or config (e.g. a `ViTModel`).
         """
         is_model = hasattr(model_or_config, "config") and hasattr(model_or_config, "state_dict")
         config = model_or_config.config if is_model else model_or_config
+        if not isinstance(config, LlavaConfig):
+            kind = f"a {type(model_or_config).__name__}" + (f" ({type(config).__name__})" if is_model else "")
+            raise ValueError(
+                "`TurboLlavaProcessor.sync_with` needs a (Turbo) LLaVA model or config (LlavaForConditionalGeneration, "
+                f"LlavaModel, their Turbo classes, LlavaConfig or TurboLlavaConfig), got {kind}."
+            )
         runtime = llava_runtime(model_or_config) if is_model else None
         if is_model:  # the settings it runs with (an unpatched stock model merges nothing)
             turbo = runtime.config if runtime is not None else TurboConfig()

