@@ -414,9 +414,9 @@ def test_unsupported_settings_and_models_are_refused():
     inputs = encode(processor, indices=(0,))
     reference = logits(stock, inputs)
     assert torch.equal(logits(apply_turbo(stock, r=0), inputs), reference)
-    apply_turbo(stock, r=4)
     with pytest.raises(ValueError, match="concatenates the hidden states of several layers"):
-        logits(stock, inputs)
+        apply_turbo(stock, r=4)  # refused where it is applied, not at the first forward
+    assert torch.equal(logits(stock, inputs), reference)  # the r=0 patch is left as it was
     with pytest.raises(ValueError, match="concatenates the hidden states of several layers"):
         llava_config(TurboLlavaConfig, vision_feature_layer=[-2, -3], turbo_config={"r": 4})
 

@@ -28,6 +28,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_turbo import TurboConfig
 from .hub_export import TurboHubMixin
+from .output_order import stock_field_order
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import LayerStep
@@ -125,6 +126,7 @@ class TurboBertModel(TurboHubMixin, BertModel):
         super().__init__(config, add_pooling_layer=add_pooling_layer)
         apply_turbo_from_config(self)
 
+    @stock_field_order
     @merge_with_config_defaults
     @capture_outputs
     def forward(

@@ -42,6 +42,7 @@ from transformers.utils.output_capturing import capture_outputs
 from .compat import cache_kwargs, pop_cache
 from .configuration_turbo import TurboConfig
 from .hub_export import TurboHubMixin
+from .output_order import stock_field_order
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import LayerStep, TurboModelOutputWithPooling, run_layers
@@ -133,6 +134,7 @@ class TurboBlipVisionModel(TurboHubMixin, BlipVisionModel):
         super().__init__(config)
         apply_turbo_from_config(self)
 
+    @stock_field_order
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
     def forward(

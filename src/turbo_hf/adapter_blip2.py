@@ -41,6 +41,7 @@ from .adapter_clip import pre_norm_layer_forward
 from .configuration_turbo import TurboConfig
 from .hub_export import TurboHubMixin
 from .merging import unmerge
+from .output_order import stock_field_order
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import TurboModelOutputWithPooling, run_layers
@@ -107,6 +108,7 @@ class TurboBlip2EncoderLayer(Blip2EncoderLayer):
     forward = pre_norm_layer_forward
 
 
+@stock_field_order
 @merge_with_config_defaults
 @capture_outputs(tie_last_hidden_states=False)
 def turbo_vision_forward(

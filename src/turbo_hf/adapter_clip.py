@@ -16,12 +16,13 @@ from transformers.models.clip.modeling_clip import (
     CLIPVisionModelWithProjection,
     eager_attention_forward,
 )
-from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_turbo import TurboConfig
 from .hub_export import TurboHubMixin
 from .merging import unmerge
+from .output_order import stock_field_order
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import LayerStep, TurboModelOutputWithPooling, ProjectedAttentionMixin, run_layers
@@ -81,6 +82,7 @@ class TurboCLIPVisionModel(TurboHubMixin, CLIPVisionModel):
         super().__init__(config)
         apply_turbo_from_config(self)
 
+    @stock_field_order
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
     def forward(
@@ -141,6 +143,7 @@ class TurboCLIPForImageClassification(TurboHubMixin, CLIPForImageClassification)
         super().__init__(config)
         apply_turbo_from_config(self)
 
+    @can_return_tuple
     def forward(self, pixel_values=None, labels=None, **kwargs) -> ImageClassifierOutput:
         # Copied from transformers.models.clip.modeling_clip.CLIPForImageClassification.forward (v5.24)
         outputs = self.vision_model(pixel_values, **kwargs)

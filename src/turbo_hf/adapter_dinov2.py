@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import torch
-from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.models.dinov2.configuration_dinov2 import Dinov2Config
 from transformers.models.dinov2.modeling_dinov2 import (
     Dinov2Attention,
+    Dinov2Encoder,
     Dinov2ForImageClassification,
     Dinov2Layer,
     Dinov2Model,
     eager_attention_forward,
 )
-from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from .adapter_vit import vision_attention_mask
 from .configuration_turbo import TurboConfig
 from .hub_export import TurboHubMixin
 from .merging import unmerge
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
-from .turbo_encoder import LayerStep, TurboModelOutputWithPooling, ProjectedAttentionMixin, run_layers
+from .turbo_encoder import LayerStep, ProjectedAttentionMixin, TurboModelOutputWithPooling, TurboRuntime, run_layers
 
 
 class TurboDinov2Config(Dinov2Config):
@@ -59,6 +60,23 @@ class TurboDinov2Layer(Dinov2Layer):
         return hidden_states, size, source
 
 
+@merge_with_config_defaults
+@capture_outputs(tie_last_hidden_states=False)
+def encoder_forward(
+    encoder: Dinov2Encoder,
+    hidden_states: torch.Tensor,
+    runtime: TurboRuntime,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs,
+) -> TurboModelOutputWithPooling:
+    """`Dinov2Encoder.forward` with the Turbo layer loop. The encoder records `hidden_states`/`attentions`, as in the
+    stock model (whose encoder is a `PreTrainedModel` with its own capture hooks: recording them at the model level
+    too would install a second set of hooks on the same layers once the stock model has recorded any)."""
+    # Copied from transformers.models.dinov2.modeling_dinov2.Dinov2Encoder.forward (v5.24)
+    hidden_states, size, source = run_layers(encoder.layer, hidden_states, runtime, attention_mask, **kwargs)
+    return TurboModelOutputWithPooling(last_hidden_state=hidden_states, token_sizes=size, token_source=source)
+
+
 class TurboDinov2Model(TurboHubMixin, Dinov2Model):
     """`Dinov2Model` whose layers merge tokens with Turbo; the output also carries `token_sizes`/`token_source`.
 
@@ -80,8 +98,7 @@ class TurboDinov2Model(TurboHubMixin, Dinov2Model):
         super().__init__(config)
         apply_turbo_from_config(self)
 
-    @merge_with_config_defaults
-    @capture_outputs(tie_last_hidden_states=False)
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -91,18 +108,16 @@ class TurboDinov2Model(TurboHubMixin, Dinov2Model):
     ) -> TurboModelOutputWithPooling:
         # Copied from transformers.models.dinov2.modeling_dinov2.Dinov2Model.forward (v5.24)
         embedding_output = self.embeddings(pixel_values, bool_masked_pos=bool_masked_pos)
-        attention_mask = create_bidirectional_mask(
-            config=self.config, inputs_embeds=embedding_output, attention_mask=attention_mask
-        )
-        hidden_states, size, source = run_layers(
-            self.encoder.layer, embedding_output, self.turbo_runtime, attention_mask, **kwargs
-        )
-        sequence_output = self.layernorm(hidden_states)
+        attention_mask = vision_attention_mask(self.config, embedding_output, attention_mask, self.turbo_runtime)
+        encoder_outputs = encoder_forward(self.encoder, embedding_output, self.turbo_runtime, attention_mask, **kwargs)
+        sequence_output = self.layernorm(encoder_outputs.last_hidden_state)
         return TurboModelOutputWithPooling(
             last_hidden_state=sequence_output,
             pooler_output=sequence_output[:, 0, :],
-            token_sizes=size,
-            token_source=source,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+            token_sizes=encoder_outputs.token_sizes,
+            token_source=encoder_outputs.token_source,
         )
 
 
@@ -116,6 +131,7 @@ class TurboDinov2ForImageClassification(TurboHubMixin, Dinov2ForImageClassificat
         super().__init__(config)
         apply_turbo_from_config(self)
 
+    @can_return_tuple
     def forward(self, pixel_values=None, labels=None, attention_mask=None, **kwargs) -> ImageClassifierOutput:
         # Copied from transformers.models.dinov2.modeling_dinov2.Dinov2ForImageClassification.forward (v5.24)
         outputs = self.dinov2(pixel_values, attention_mask=attention_mask, **kwargs)

@@ -43,6 +43,7 @@ is not supported: its `pack_image_features` reshapes the features into the full 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -80,7 +81,7 @@ from .llm_token_reduction import (
     stage_key_columns,
     text_queries,
 )
-from .merging import initial_source, key_metric
+from .merging import key_metric
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
 from .schedules import LayerCost
@@ -599,6 +600,35 @@ class TurboLlavaTextModel(LlamaModel):
 # ----------------------------------------------------------------------------------------------------------
 
 
+@capture_outputs(tie_last_hidden_states=False)
+def _tower_forward(
+    tower, hidden: torch.Tensor, runtime: TurboRuntime, depth: int, **kwargs
+) -> TurboModelOutputWithPooling:
+    """The CLIP tower's layers on its embeddings, recording `hidden_states`/`attentions` as the stock tower does.
+
+    `last_hidden_state` is the output of the first `depth` layers (Turbo merges there). When hidden states are
+    asked for, the later layers run too, merging nothing (merged tokens keep their `log(size)` bias), so that
+    `hidden_states` has one entry per layer like the stock tower's and `hidden_states[vision_feature_layer]` is
+    the feature layer.
+    """
+    layers = tower.encoder.layers
+    hidden, size, source = run_layers(layers[:depth], hidden, runtime)
+    if kwargs.get("output_hidden_states") and depth < len(layers):
+        config = runtime.config
+        plain = TurboRuntime(TurboConfig(), len(layers), runtime.cost, protect_first=True, summary_query="cls")
+        merged = size.shape[1] != source.shape[1]
+        state, state_size, state_source = hidden, size, source
+        for idx in range(depth, len(layers)):
+            step = dataclasses.replace(
+                plain.steps(state.shape[1])[idx],
+                merged_before=merged,
+                reduction=config.reduction,
+                proportional_attention=config.proportional_attention,
+            )
+            state, state_size, state_source = layers[idx](state, state_size, state_source, step, None)
+    return TurboModelOutputWithPooling(last_hidden_state=hidden, token_sizes=size, token_source=source)
+
+
 class TurboLlavaModel(TurboHubMixin, LlavaModel):
     """`LlavaModel` whose vision tower merges tokens with Turbo and whose language model attends to the merged
     image tokens with proportional attention (`log(size)` bias, kept on the KV cache for decoding)."""
@@ -661,22 +691,24 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
         depth = feature_depth(vision_feature_layer, len(layers))
         runtime = self._feature_runtime(depth)
 
-        hidden = tower.embeddings(pixel_values, interpolate_pos_encoding=False)
-        hidden = tower.pre_layrnorm(hidden)
+        hidden = tower.pre_layrnorm(tower.embeddings(pixel_values, interpolate_pos_encoding=False))
         num_tokens = hidden.shape[1]
-        if isinstance(vision_feature_layer, int):
-            hidden, size, source = run_layers(layers[:depth], hidden, runtime)
+        asked = kwargs.get("output_hidden_states", self.config.output_hidden_states)
+        single = isinstance(vision_feature_layer, int)  # else no token is removed (checked above)
+        run = _tower_forward(
+            tower,
+            hidden,
+            runtime,
+            depth,
+            output_hidden_states=bool(asked) or not single,
+            output_attentions=kwargs.get("output_attentions", self.config.output_attentions),
+        )
+        hidden, size, source = run.last_hidden_state, run.token_sizes, run.token_source
+        if single:
             selected = hidden
-        else:  # no token is removed here (checked above): collect the requested hidden states
+        else:
             depths = [feature_depth(layer, len(layers)) for layer in vision_feature_layer]
-            states = [hidden]
-            steps = runtime.steps(hidden.shape[1])
-            size = torch.ones(*hidden.shape[:2], 1, device=hidden.device, dtype=torch.float32)
-            source = initial_source(hidden.shape[0], hidden.shape[1], hidden.device)
-            for layer, step in zip(layers[:depth], steps):
-                hidden, size, source = layer(hidden, size, source, step, None)
-                states.append(hidden)
-            selected = torch.cat([states[d] for d in depths], dim=-1)
+            selected = torch.cat([run.hidden_states[d] for d in depths], dim=-1)
 
         features, feature_sizes = selected, size
         if vision_feature_select_strategy == "default":
@@ -689,6 +721,8 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
             pooler_output=list(image_features),
             token_sizes=size,
             token_source=source,
+            hidden_states=run.hidden_states if asked else None,
+            attentions=run.attentions,
             deepstack_features=[list(torch.log(feature_sizes.float()))] if merged else None,
         )
 
@@ -837,6 +871,7 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
                 vision_feature_select_strategy=vision_feature_select_strategy,
                 image_sizes=image_sizes,
                 return_dict=True,
+                **{key: kwargs[key] for key in ("output_hidden_states", "output_attentions") if key in kwargs},
             )
 
         turbo = self.turbo_runtime.config
@@ -962,6 +997,7 @@ def _llava_layers(llava_model):
 
 def _validate_llava(model, config) -> None:
     inner = model.model if isinstance(model, LlavaForConditionalGeneration) else model
+    check_feature_layer(inner.config.vision_feature_layer, config)
     check_llm_reduction(inner, config)
 
 

@@ -20,13 +20,14 @@ from transformers.models.siglip.modeling_siglip import (
     SiglipVisionModel,
     eager_attention_forward,
 )
-from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .adapter_clip import pre_norm_layer_forward
 from .configuration_turbo import TurboConfig
 from .hub_export import TurboHubMixin
 from .merging import unmerge
+from .output_order import stock_field_order
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import TurboModelOutputWithPooling, ProjectedAttentionMixin, run_layers
@@ -83,6 +84,7 @@ class TurboSiglipVisionModel(TurboHubMixin, SiglipVisionModel):
         super().__init__(config)
         apply_turbo_from_config(self)
 
+    @stock_field_order
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
     def forward(
@@ -120,6 +122,7 @@ class TurboSiglipForImageClassification(TurboHubMixin, SiglipForImageClassificat
         super().__init__(config)
         apply_turbo_from_config(self)
 
+    @can_return_tuple
     def forward(self, pixel_values=None, labels=None, interpolate_pos_encoding=False, **kwargs):
         # Copied from transformers.models.siglip.modeling_siglip.SiglipForImageClassification.forward (v5.24)
         outputs = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)

@@ -26,6 +26,7 @@ from transformers.utils.output_capturing import capture_outputs
 from .adapter_clip import TurboCLIPAttention
 from .compat import cache_kwargs
 from .adapter_siglip import TurboSiglipAttention
+from .output_order import stock_field_order
 from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import LayerStep
 from .turbo_text import reduce_text, run_text_layers, text_attention_bias
@@ -84,6 +85,7 @@ def _pooled_token(output_hidden, source, pooled):
 class TurboCLIPTextModel(CLIPTextModel):
     """`CLIPTextModel` whose layers merge tokens with Turbo (causal, EOS protected)."""
 
+    @stock_field_order
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs) -> BaseModelOutputWithPooling:
@@ -112,6 +114,7 @@ class TurboCLIPTextModel(CLIPTextModel):
 class TurboSiglipTextModel(SiglipTextModel):
     """`SiglipTextModel` whose layers merge tokens with Turbo (the pooled last token protected)."""
 
+    @stock_field_order
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs) -> BaseModelOutputWithPooling:

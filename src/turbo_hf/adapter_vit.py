@@ -18,8 +18,33 @@ from transformers.utils.output_capturing import capture_outputs
 from .configuration_turbo import TurboConfig
 from .hub_export import TurboHubMixin
 from .patching import apply_turbo_from_config
+from .output_order import stock_field_order
 from .registry import FamilyAdapter, register_adapter
-from .turbo_encoder import LayerStep, TurboModelOutputWithPooling, ProjectedAttentionMixin, run_layers
+from .turbo_encoder import (
+    LayerStep,
+    ProjectedAttentionMixin,
+    TurboModelOutputWithPooling,
+    TurboRuntime,
+    check_attention_mask,
+    run_layers,
+)
+
+
+def vision_attention_mask(
+    config, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, runtime: TurboRuntime
+) -> torch.Tensor | None:
+    """The layers' attention mask of a ViT-style encoder (ViT, DINOv2) that builds one with
+    `create_bidirectional_mask`.
+
+    A mask the caller passed is refused while tokens merge (`check_attention_mask`). Without one, the stock
+    builder returns None, or (under `torch.export` / tracing) an all-True 4D mask over the input tokens: while
+    tokens merge that mask is dropped (it allows everything, and it would not fit the merged lengths), without
+    looking at its values, so export traces no data-dependent branch. At r=0 the stock mask is kept as built.
+    """
+    steps = runtime.steps(int(hidden_states.shape[1]))
+    check_attention_mask(attention_mask, steps)
+    mask = create_bidirectional_mask(config=config, inputs_embeds=hidden_states, attention_mask=attention_mask)
+    return None if any(step.r for step in steps) else mask
 
 
 class TurboViTConfig(ViTConfig):
@@ -76,6 +101,7 @@ class TurboViTModel(TurboHubMixin, ViTModel):
         super().__init__(config, add_pooling_layer=add_pooling_layer, use_mask_token=use_mask_token)
         apply_turbo_from_config(self)
 
+    @stock_field_order
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
     def forward(
@@ -93,9 +119,7 @@ class TurboViTModel(TurboHubMixin, ViTModel):
         hidden_states = self.embeddings(
             pixel_values, bool_masked_pos=bool_masked_pos, interpolate_pos_encoding=interpolate_pos_encoding
         )
-        attention_mask = create_bidirectional_mask(
-            config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
-        )
+        attention_mask = vision_attention_mask(self.config, hidden_states, attention_mask, self.turbo_runtime)
         hidden_states, size, source = run_layers(
             self.layers, hidden_states, self.turbo_runtime, attention_mask, **kwargs
         )

@@ -150,6 +150,18 @@ class TurboHubMixin:
             kwargs["turbo_config"] = as_turbo_config(kwargs["turbo_config"])
         return super().from_pretrained(*args, **kwargs)
 
+    def _initialize_weights(self, module, is_custom_code: bool = False):
+        """Initialise `module` exactly as the stock class does.
+
+        Transformers treats classes defined outside the library as custom code and then skips every module whose
+        own parameters are all marked initialised, which includes modules with no parameters of their own
+        (CLIP's and SigLIP's attention and MLP blocks, whose `_init_weights` sets their children's weights). The
+        Turbo classes run the stock `_init_weights` (through `transformers.initialization`), so they take the
+        stock path: a Turbo model built from a config equals the stock model built from the same config and seed.
+        """
+        # Overrides transformers.modeling_utils.PreTrainedModel._initialize_weights (v5.24)
+        return super()._initialize_weights(module, is_custom_code=False)
+
     def save_pretrained(self, save_directory, *args, model_card: dict | None = None, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus `auto_map`, remote code and a model card.
 

@@ -294,7 +294,14 @@ class ProjectedAttentionMixin:
 
 
 def check_attention_mask(attention_mask: torch.Tensor | None, steps: list[LayerStep]) -> None:
-    """Vision encoders merge whole sequences: a padding mask cannot follow tokens that move."""
+    """Refuse a padding mask while tokens merge: vision encoders merge whole sequences, and a mask over the
+    input tokens cannot follow tokens that move.
+
+    Call it on the mask the *caller* passed (2D or 4D), before the model builds its own: a model that turns
+    `attention_mask=None` into an all-True 4D mask (ViT and DINOv2 do under `torch.export`, through
+    `create_bidirectional_mask`) must drop that mask itself while merging (`vision_attention_mask`), never look
+    at its values (a data-dependent check would break export).
+    """
     if attention_mask is not None and any(step.r for step in steps):
         raise ValueError(
             "`attention_mask` is not supported while Turbo removes tokens from a vision encoder; "
@@ -316,12 +323,26 @@ def run_layers(
         (B, N', 1) and the source map (B, N).
     """
     batch, num_tokens, _ = hidden_states.shape
+    if isinstance(num_tokens, torch.Tensor):  # `torch.jit.trace` gives sizes as 0-d tensors: the schedule needs an int
+        num_tokens = int(num_tokens)
     steps = runtime.steps(num_tokens)
     check_attention_mask(attention_mask, steps)
+    if torch.jit.is_tracing() and any(step.r for step in steps):
+        raise RuntimeError(
+            "TorchScript cannot trace Turbo's token merging (`torch.jit.trace`, and `torch.onnx.export(..., "
+            "dynamo=False)`, which traces with it: its alias analysis has no schema for the boolean `scatter_` "
+            "the merge step uses). Export with `torch.export.export(model, (pixel_values,))` or "
+            "`torch.onnx.export(model, (pixel_values,), dynamo=True)`; with r=0 the model traces as the stock one."
+        )
     size = torch.ones(batch, num_tokens, 1, device=hidden_states.device, dtype=torch.float32)
     source = initial_source(batch, num_tokens, hidden_states.device)
     for layer, step in zip(layers, steps):
         hidden_states, size, source = layer(hidden_states, size, source, step, attention_mask, **kwargs)
+        # sizes are counts, never differentiable; but reentrant checkpointing marks every float output of a
+        # checkpointed layer as requiring grad, and a `log(size)` bias with that history, read again when a later
+        # checkpointed layer (a text decoder's cross-attention) is recomputed, would backpropagate through this
+        # layer's checkpoint a second time
+        size = size.detach()
     if runtime.config.restore_output:
         hidden_states = unmerge(hidden_states, source)
         size = torch.ones(batch, num_tokens, 1, device=hidden_states.device, dtype=torch.float32)

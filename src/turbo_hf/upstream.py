@@ -139,7 +139,11 @@ OVERRIDES: tuple[Override, ...] = tuple(
             for path in ("clip.modeling_clip.CLIPAttention", "dinov2.modeling_dinov2.Dinov2Attention",
                          "siglip.modeling_siglip.SiglipAttention", "vit.modeling_vit.ViTAttention")
         ),
+        Override("turbo_hf.hub_export.TurboHubMixin._initialize_weights",
+                 "transformers.modeling_utils.PreTrainedModel._initialize_weights"),
         # copies under another name
+        Override("turbo_hf.adapter_dinov2.encoder_forward",
+                 "transformers.models.dinov2.modeling_dinov2.Dinov2Encoder.forward"),
         Override("turbo_hf.adapter_llava.TurboLlavaTextModel._reduced_forward",
                  "transformers.models.llama.modeling_llama.LlamaModel.forward"),
         Override("turbo_hf.adapter_llava._rope", "transformers.models.llama.modeling_llama.apply_rotary_pos_emb"),
