@@ -14,6 +14,7 @@ from turbo_hf.configuration_turbo import (
     MODES,
     REDUCTIONS,
     SCHEDULES,
+    TOKEN_ORDERS,
     TurboConfig,
 )
 
@@ -30,6 +31,7 @@ FIELDS = (
     "proportional_attention",
     "restore_output",
     "seed",
+    "token_order",
 )
 
 NON_DEFAULT = dict(
@@ -44,6 +46,7 @@ NON_DEFAULT = dict(
     proportional_attention=False,
     restore_output=True,
     seed=1234,
+    token_order="tome",
 )
 
 
@@ -67,6 +70,7 @@ def test_defaults():
         "proportional_attention": True,
         "restore_output": False,
         "seed": 0,
+        "token_order": "spatial",
     }
     assert DEFAULT_ALPHA == 0.02  # chosen from the DINOv2 measurements (README)
     assert DEFAULT_ALPHA_SCALE == "length"
@@ -78,6 +82,7 @@ def test_choice_constants():
     assert set(REDUCTIONS) == {"merge", "prune"}
     assert set(SCHEDULES) == {"constant", "decreasing"}
     assert set(ALPHA_SCALES) == {"length", "raw", "rank", "zscore"}
+    assert TOKEN_ORDERS == ("spatial", "tome")
 
 
 @pytest.mark.parametrize(
@@ -170,6 +175,8 @@ def test_non_default_values_are_kept():
         (dict(proportional_attention="yes"), ["proportional_attention"]),
         (dict(proportional_attention=1), ["proportional_attention"]),
         (dict(restore_output="no"), ["restore_output"]),
+        (dict(token_order="ToMe"), ["token_order"]),
+        (dict(token_order=None), ["token_order"]),
     ],
 )
 def test_invalid_inputs_raise(kwargs, names):
@@ -200,6 +207,8 @@ def test_valid_edge_values_are_accepted():
         assert TurboConfig(mode=mode).mode == mode
     for scale in ALPHA_SCALES:
         assert TurboConfig(alpha_scale=scale).alpha_scale == scale
+    for order in TOKEN_ORDERS:
+        assert TurboConfig(token_order=order).token_order == order
 
 
 @pytest.mark.parametrize(
@@ -235,3 +244,16 @@ def test_score_settings():
     assert turbo["reduction"] == "prune"
     assert TurboConfig(alpha=2).score_settings()["alpha"] == 2.0
     assert isinstance(TurboConfig(alpha=2).score_settings()["alpha"], float)
+
+
+def test_token_order_is_a_setting_and_reaches_every_layer_step():
+    from turbo_hf.turbo_encoder import TurboRuntime
+
+    config = TurboConfig(r=2, mode="tome", token_order="tome")
+    assert config.settings()["token_order"] == "tome"
+    assert TurboConfig.from_dict(config.to_dict()).token_order == "tome"
+    with pytest.raises(ValueError, match="`token_order`"):
+        TurboConfig.from_dict({"token_order": "zigzag"})
+    runtime = TurboRuntime(config, num_layers=3, cost=None, protect_first=True, summary_query="cls")
+    runtime.schedule = lambda num_tokens: [2, 2, 2]
+    assert [step.token_order for step in runtime.steps(17)] == ["tome"] * 3

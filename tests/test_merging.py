@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import pytest
@@ -523,3 +524,172 @@ def test_batched_plan_equals_per_sample(mode, alpha_scale):
         single = bipartite_plan(metric[row : row + 1], r, semantic=semantic[row : row + 1], **kwargs)
         for name in ("src_idx", "dst_idx", "keep_idx", "new_index"):
             assert torch.equal(getattr(batched, name)[row : row + 1], getattr(single, name)), (row, name)
+
+
+# ------------------------------------------------------------------------------- low precision (bf16 / fp16)
+
+
+def _near_duplicate_keys(dtype: torch.dtype, seed: int = 21) -> torch.Tensor:
+    """Keys (1, 2, 33, 16) that all point almost the same way: cosine similarities of about 0.999, closer
+    together than bf16/fp16 can tell apart near 1 (steps of 2**-8 / 2**-11)."""
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.randn(1, 2, 1, 16, generator=generator)
+    noise = torch.randn(1, 2, 33, 16, generator=generator)
+    return (base + 0.03 * noise).to(dtype)
+
+
+def _plan_in_model_dtype(keys: torch.Tensor, r: int) -> MergePlan:
+    """What the merge core computed before it matched in float32: metric, similarity, max, top-r in the
+    dtype of the keys."""
+    metric = keys.mean(dim=1)
+    metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    similarity = torch.matmul(metric[:, ::2], metric[:, 1::2].transpose(-1, -2))
+    redundancy, partner = similarity.max(dim=-1)
+    redundancy[:, 0] = -math.inf
+    chosen = redundancy.topk(r, dim=-1).indices
+    return MergePlan(chosen * 2, partner.gather(1, chosen) * 2 + 1, chosen, chosen)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_keys_are_matched_in_float32(dtype):
+    keys = _near_duplicate_keys(dtype)
+    r = 8
+    reference = bipartite_plan(key_metric(keys.float()), r, mode="tome")
+    # the premise: matching in the model dtype picks other partners and another merge set than float32
+    rounded = _plan_in_model_dtype(keys, r)
+    reference_partner = dict(zip(reference.src_idx[0].tolist(), reference.dst_idx[0].tolist()))
+    rounded_partner = dict(zip(rounded.src_idx[0].tolist(), rounded.dst_idx[0].tolist()))
+    assert set(rounded_partner) != set(reference_partner)
+    assert any(rounded_partner[i] != reference_partner[i] for i in set(rounded_partner) & set(reference_partner))
+    # the core now matches in float32, whatever the dtype of the keys or of a metric handed to it
+    assert key_metric(keys).dtype == torch.float32
+    plan = bipartite_plan(key_metric(keys), r, mode="tome")
+    for name in ("src_idx", "dst_idx", "keep_idx", "new_index"):
+        assert torch.equal(getattr(plan, name), getattr(reference, name)), name
+    semantic = torch.randn(1, 33, generator=torch.Generator().manual_seed(3)).softmax(-1)
+    turbo = bipartite_plan(key_metric(keys), r, mode="turbo", semantic=semantic.to(dtype), alpha=0.02)
+    turbo_reference = bipartite_plan(key_metric(keys.float()), r, mode="turbo", semantic=semantic.to(dtype).float(),
+                                     alpha=0.02)
+    assert torch.equal(turbo.src_idx, turbo_reference.src_idx) and torch.equal(turbo.dst_idx, turbo_reference.dst_idx)
+
+
+def test_low_precision_metric_is_upcast_inside_bipartite_plan():
+    keys = _near_duplicate_keys(torch.bfloat16)
+    metric32 = key_metric(keys.float())
+    # a caller that hands a bf16 metric gets the plan of that metric's values in float32
+    metric16 = metric32.to(torch.bfloat16)
+    assert torch.equal(
+        bipartite_plan(metric16, 8, mode="tome").src_idx, bipartite_plan(metric16.float(), 8, mode="tome").src_idx
+    )
+
+
+# ------------------------------------------------------------------------------------------------ tie rule
+
+
+@pytest.mark.parametrize("token_order", ["spatial", "tome"])
+def test_equal_priorities_merge_the_lower_position_first(token_order):
+    # every token is the same vector: all redundancies are 1, the lowest candidate positions go first
+    metric = F.normalize(torch.ones(2, 15, 4), dim=-1)
+    plan = bipartite_plan(metric, 4, mode="tome", token_order=token_order)
+    assert plan.src_idx.tolist() == [[2, 4, 6, 8]] * 2
+    random_ties = bipartite_plan(metric, 3, mode="semantic", semantic=torch.full((2, 15), 0.1),
+                                 token_order=token_order)
+    assert random_ties.src_idx.tolist() == [[2, 4, 6]] * 2
+
+
+def test_spatial_order_keeps_ascending_positions_over_steps():
+    batch, tokens = 3, 31
+    generator = torch.Generator().manual_seed(4)
+    source = initial_source(batch, tokens)
+    order = torch.arange(tokens).expand(batch, tokens)  # original position of each current token
+    for r in (6, 5, 4):
+        plan = bipartite_plan(_metric(batch, order.shape[1], seed=int(torch.randint(99, (1,), generator=generator))),
+                              r, mode="tome", token_order="spatial")
+        assert torch.equal(plan.keep_idx, plan.keep_idx.sort(dim=1).values)
+        order = order.gather(1, plan.keep_idx)
+        source = update_source(source, plan)
+        assert torch.equal(order, order.sort(dim=1).values)
+    assert torch.equal(source.gather(1, order), torch.arange(order.shape[1]).expand_as(order))
+
+
+# --------------------------------------------------------------------------------------------- random mode
+
+
+def test_random_mode_is_batch_invariant():
+    batch, tokens, r = 4, 21, 6
+    metric = _metric(batch, tokens, seed=30)
+    batched = bipartite_plan(metric, r, mode="random", generator=torch.Generator().manual_seed(5))
+    for row in range(batch):
+        single = bipartite_plan(metric[row : row + 1], r, mode="random", generator=torch.Generator().manual_seed(5))
+        for name in ("src_idx", "dst_idx", "keep_idx", "new_index"):
+            assert torch.equal(getattr(batched, name)[row : row + 1], getattr(single, name)), (row, name)
+    # one draw per candidate position, shared by the rows: every row removes the same positions
+    assert all(batched.src_idx[row].tolist() == batched.src_idx[0].tolist() for row in range(batch))
+
+
+# ------------------------------------------------------------------------------------------ ToMe token order
+
+
+@pytest.mark.parametrize("protect_first", [True, False])
+def test_tome_order_layout(protect_first):
+    batch, tokens, r = 2, 17, 5
+    metric = _metric(batch, tokens, seed=40)
+    spatial = bipartite_plan(metric, r, mode="tome", protect_first=protect_first)
+    tome = bipartite_plan(metric, r, mode="tome", protect_first=protect_first, token_order="tome")
+    # the same merge decisions, another output order
+    assert torch.equal(spatial.src_idx, tome.src_idx) and torch.equal(spatial.dst_idx, tome.dst_idx)
+    assert torch.equal(spatial.keep_idx, tome.keep_idx.sort(dim=1).values)
+    for row in range(batch):
+        kept_a = [p for p in tome.keep_idx[row].tolist() if p % 2 == 0]
+        assert tome.keep_idx[row].tolist() == kept_a + list(range(1, tokens, 2))
+        if protect_first:
+            assert kept_a == sorted(kept_a) and kept_a[0] == 0
+        else:  # ToMe without a class token keeps its unmerged A tokens in descending score order
+            redundancy = (metric[row, ::2] @ metric[row, 1::2].T).max(dim=-1).values
+            scores = [float(redundancy[p // 2]) for p in kept_a]
+            assert scores == sorted(scores, reverse=True)
+        # new_index sends every kept token to its output slot and every removed one to its partner's
+        new_index = tome.new_index[row]
+        assert new_index[tome.keep_idx[row]].tolist() == list(range(tokens - r))
+        assert torch.equal(new_index[tome.src_idx[row]], new_index[tome.dst_idx[row]])
+    hidden = _hidden(batch, tokens)
+    size = torch.ones(batch, tokens, 1)
+    merged_tome, size_tome = merge_tokens(hidden, size, tome)
+    merged_spatial, size_spatial = merge_tokens(hidden, size, spatial)
+    assert torch.equal(unmerge(merged_tome, tome.new_index), unmerge(merged_spatial, spatial.new_index))
+    assert torch.equal(unmerge(size_tome, tome.new_index), unmerge(size_spatial, spatial.new_index))
+
+
+def test_tome_order_unmerges_over_successive_steps():
+    batch, tokens = 2, 29
+    generator = torch.Generator().manual_seed(41)
+    hidden = torch.randn(batch, tokens, 6, generator=generator)
+    size, source = torch.ones(batch, tokens, 1), initial_source(batch, tokens)
+    original = hidden
+    for r in (6, 5, 4):
+        metric = F.normalize(hidden + 0.1 * torch.randn(hidden.shape, generator=generator), dim=-1)
+        plan = bipartite_plan(metric, r, mode="tome", token_order="tome")
+        hidden, size = merge_tokens(hidden, size, plan, "prune")
+        source = update_source(source, plan)
+    restored = unmerge(hidden, source)
+    # pruned: every token that is still there holds itself, so the restored grid equals the input there
+    held = torch.zeros(batch, tokens, dtype=torch.bool)
+    for row in range(batch):
+        for out_pos in range(hidden.shape[1]):
+            matches = (original[row] == hidden[row, out_pos]).all(-1).nonzero().flatten().tolist()
+            assert len(matches) == 1 and source[row, matches[0]] == out_pos
+            held[row, matches[0]] = True
+    assert torch.equal(restored[held], original[held])
+    assert bool((source[:, 0] == 0).all())
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    [dict(token_mask=torch.ones(1, 9, dtype=torch.bool)), dict(protected=torch.zeros(1, 9, dtype=torch.bool)),
+     dict(causal=True)],
+)
+def test_tome_order_is_refused_where_order_matters(constraint):
+    with pytest.raises(ValueError, match="token_order='tome'"):
+        bipartite_plan(_metric(1, 9), 2, mode="tome", token_order="tome", **constraint)
+    with pytest.raises(ValueError, match="`token_order`"):
+        bipartite_plan(_metric(1, 9), 2, token_order="bogus")

@@ -12,6 +12,7 @@ REDUCTIONS = ("merge", "prune")
 SCHEDULES = ("constant", "decreasing")
 ALPHA_SCALES = ("length", "raw", "rank", "zscore")
 LLM_TEXT_QUERIES = ("last", "all")
+TOKEN_ORDERS = ("spatial", "tome")
 
 # Chosen from measurements on the real DINOv2-S/14 (see README, "Choosing alpha"): with the semantic value
 # normalised by its mean over the non-[CLS] tokens, a small weight keeps ToMe's quality at every length.
@@ -68,7 +69,10 @@ class TurboConfig(PreTrainedConfig):
             (from `2r` in the first layer linearly down to 0 in the last, the same total).
         mode (`str`, defaults to `"turbo"`):
             What decides which tokens merge: `"turbo"` (information degree), `"tome"` (redundancy only, i.e.
-            `alpha=0`), `"semantic"` (semantic value only: the least attended go first) or `"random"` (seeded).
+            `alpha=0`), `"semantic"` (semantic value only: the least attended go first) or `"random"` (seeded,
+            see `seed`). With `token_order="spatial"`, `"tome"` makes ToMe's merge decisions but keeps the tokens
+            in spatial order; with `token_order="tome"` it is ToMe (Bolya et al.) step for step, output order
+            included. Ties in priority go to the lower position in every mode.
         reduction (`str`, defaults to `"merge"`):
             `"merge"` averages a removed token into its partner (weighted by size); `"prune"` drops it.
         alpha (`float`, defaults to 0.02):
@@ -90,7 +94,15 @@ class TurboConfig(PreTrainedConfig):
             Unmerge the encoder output back to the full token grid (each merged token copied to every
             position it stands for), for heads and users that need one feature per patch.
         seed (`int`, defaults to 0):
-            Seed of the `"random"` mode: the same seed removes the same tokens on every call.
+            Seed of the `"random"` mode: the same seed removes the same tokens on every call. Each layer draws
+            one priority per candidate position from a generator seeded by `(seed, layer)`, shared by every row
+            of the batch, so a row loses the same tokens in any batch as alone.
+        token_order (`str`, defaults to `"spatial"`):
+            Order of the tokens after each merge: `"spatial"` keeps the kept tokens in their original relative
+            order; `"tome"` emits ToMe's order (the kept even-position tokens, [CLS] first, then all odd-position
+            tokens), which the next layer's even/odd split then runs over. `token_source` maps every input
+            token to its output token in both orders. Text encoders (padding, protected or causal tokens)
+            refuse `"tome"`.
         llm_layers (`int` or `list[int]`, *optional*):
             Vision-language models with a language model (LLaVA): the decoder layers (K >= 1) before which
             image tokens are reduced inside the language model. Off (None) by default.
@@ -127,6 +139,7 @@ class TurboConfig(PreTrainedConfig):
     llm_layers: int | list[int] | None = None
     llm_keep: int | list[int] | None = None
     llm_text_query: str = "last"
+    token_order: str = "spatial"
 
     def __post_init__(self, **kwargs):
         check_setting_names(kwargs)
@@ -167,6 +180,7 @@ class TurboConfig(PreTrainedConfig):
         _allowed("mode", self.mode, MODES)
         _allowed("reduction", self.reduction, REDUCTIONS)
         _allowed("alpha_scale", self.alpha_scale, ALPHA_SCALES)
+        _allowed("token_order", self.token_order, TOKEN_ORDERS)
         alpha = self.alpha
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
             raise ValueError(f"`alpha` must be a finite number >= 0, got {alpha!r}.")

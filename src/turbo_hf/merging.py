@@ -7,7 +7,12 @@ Everything here works on plain tensors and knows nothing about any model family:
 - `size` (B, N, 1): how many original tokens each current token stands for;
 - `source` (B, N0): for each original token, the index of the current token that holds it.
 
-Token order is kept: the output of a merge lists the kept tokens in their original relative order.
+Matching runs in float32 whatever the model dtype (`key_metric`, `bipartite_plan`, `semantic_value`): in bf16
+or fp16, cosine similarities near 1 round to a few values, and merge decisions made on them follow the rounding.
+
+Token order: by default (`token_order="spatial"`) the output of a merge lists the kept tokens in their original
+relative order; `token_order="tome"` emits ToMe's order instead (kept tokens of set A, then all of set B).
+Ties in merge priority are broken by position: on equal priority the lower position merges first.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import torch
 # below every real candidate's information degree, above the blocked ones (-inf)
 _FILLER_PRIORITY = -1e9
 
+TOKEN_ORDERS = ("spatial", "tome")
+
 
 @dataclass
 class MergePlan:
@@ -29,7 +36,8 @@ class MergePlan:
     Attributes:
         src_idx: (B, r) positions of the removed tokens.
         dst_idx: (B, r) positions of the tokens they merge into.
-        keep_idx: (B, N - r) positions of the kept tokens, ascending.
+        keep_idx: (B, N - r) positions of the kept tokens in their output order: ascending with
+            `token_order="spatial"`; ToMe's order (kept set-A tokens, then every set-B token) with `"tome"`.
         new_index: (B, N) for every current token, its position after the step (a removed token gets the
             position of its partner).
     """
@@ -41,8 +49,11 @@ class MergePlan:
 
 
 def key_metric(keys: torch.Tensor) -> torch.Tensor:
-    """Matching metric from per-head keys (B, H, N, Dh): the head-averaged key, L2-normalised (B, N, Dh)."""
-    metric = keys.mean(dim=1)
+    """Matching metric from per-head keys (B, H, N, Dh): the head-averaged key, L2-normalised (B, N, Dh).
+
+    Computed in float32 whatever the dtype of `keys`, so that bf16/fp16 models match tokens as in float32.
+    """
+    metric = keys.float().mean(dim=1)
     return metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-6)
 
 
@@ -71,7 +82,7 @@ def semantic_value(
 def _rank01(values: torch.Tensor) -> torch.Tensor:
     """Ranks along the last axis scaled to [0, 1] (ties broken by position)."""
     count = values.shape[-1]
-    ranks = values.argsort(dim=-1).argsort(dim=-1).to(values.dtype)
+    ranks = values.argsort(dim=-1, stable=True).argsort(dim=-1, stable=True).to(values.dtype)
     return ranks / max(count - 1, 1)
 
 
@@ -133,13 +144,22 @@ def bipartite_plan(
     token_mask: torch.Tensor | None = None,
     protected: torch.Tensor | None = None,
     causal: bool = False,
+    token_order: str = "spatial",
 ) -> MergePlan:
     """Choose `r` tokens to remove and their partners with Turbo's bipartite soft matching.
 
     Set A holds the even positions (with the protected first token), set B the odd ones. Each A token's
     redundancy is its largest cosine similarity to B, its partner the argmax. The `r` A tokens with the
     highest priority leave: by information degree (`"turbo"`), redundancy (`"tome"`), lowest semantic value
-    (`"semantic"`) or at random (`"random"`, drawn from `generator`).
+    (`"semantic"`) or at random (`"random"`: one priority per candidate position drawn from `generator`,
+    shared by every row, so a row's draw does not depend on its batch). Ties in priority are broken by
+    position (a stable sort: on equal priority the lower position merges first). The matching (metric,
+    similarities, priorities) runs in float32 whatever the dtype of `metric` and `semantic`.
+
+    `token_order` sets the order of the output: `"spatial"` (the kept tokens in ascending position) or
+    `"tome"`, ToMe's order (Bolya et al.): the kept A tokens (sorted by position when `protect_first`, so the
+    first token stays first; otherwise in descending priority), then every B token. The next step splits
+    even/odd over the current order, whichever it is; `new_index` maps every token to its output position.
 
     For sequences with padding or order constraints (text), three optional constraints apply; with any of
     them, fewer than `r` tokens may leave (the same number in every row: the most every row allows):
@@ -148,6 +168,8 @@ def bipartite_plan(
       only after all real candidates of its row (so a padded row merges its real tokens as it would alone);
     - `protected` (B, N) bool: tokens that never leave (e.g. the token a head pools);
     - `causal`: a token only merges into a later one, so no token ever holds content from its future.
+
+    `token_order="tome"` reorders tokens, so it is refused (ValueError) with any of these constraints.
 
     Example:
 
@@ -163,14 +185,23 @@ def bipartite_plan(
     limit = max_reduction(num_tokens, protect_first)
     if not 0 <= r <= limit:
         raise ValueError(f"`r` must be in [0, {limit}] for {num_tokens} tokens, got {r}.")
+    if token_order not in TOKEN_ORDERS:
+        raise ValueError(f"`token_order` must be one of {list(TOKEN_ORDERS)}, got {token_order!r}.")
+    constrained = token_mask is not None or protected is not None or causal
+    if token_order == "tome" and constrained:
+        raise ValueError(
+            "`token_order='tome'` reorders the tokens, which sequences with padding (`token_mask`), protected "
+            "tokens or a causal order (text encoders) cannot follow; use `token_order='spatial'`."
+        )
     device = metric.device
     if r == 0:
         positions = torch.arange(num_tokens, device=device).expand(batch, num_tokens)
         empty = positions[:, :0]
         return MergePlan(src_idx=empty, dst_idx=empty, keep_idx=positions, new_index=positions)
+    metric = metric.float()
+    semantic = None if semantic is None else semantic.float()
     metric_a, metric_b = metric[:, ::2], metric[:, 1::2]
     similarity = torch.matmul(metric_a, metric_b.transpose(-1, -2))
-    constrained = token_mask is not None or protected is not None or causal
     if token_mask is not None:
         similarity = similarity.masked_fill(token_mask[:, ::2, None] != token_mask[:, None, 1::2], -math.inf)
     if causal:
@@ -181,7 +212,9 @@ def bipartite_plan(
     if mode == "tome":
         priority = redundancy
     elif mode == "random":
-        priority = torch.rand(redundancy.shape, generator=generator, device="cpu").to(device)
+        # one draw per candidate position, shared by every row: a row's choice does not depend on its batch
+        draw = torch.rand((1, redundancy.shape[-1]), generator=generator, device="cpu")
+        priority = draw.to(device=device, dtype=redundancy.dtype).expand_as(redundancy)
     else:
         if semantic is None:
             raise ValueError(f"`mode={mode!r}` needs the semantic value of every token.")
@@ -220,16 +253,30 @@ def bipartite_plan(
         if r == 0:
             return bipartite_plan(metric, 0)
 
-    chosen = priority.topk(r, dim=-1).indices
+    # stable: on equal priority the lower position merges first
+    order = priority.argsort(dim=-1, descending=True, stable=True)
+    chosen = order[:, :r]
     src_idx = chosen * 2
     dst_idx = partner.gather(1, chosen) * 2 + 1
 
-    removed = torch.zeros(batch, num_tokens, dtype=torch.bool, device=device)
-    removed.scatter_(1, src_idx, True)
+    kept_count = num_tokens - r
     positions = torch.arange(num_tokens, device=device).expand(batch, num_tokens)
-    keep_idx = positions[~removed].view(batch, num_tokens - r)
-    new_position = positions - torch.cumsum(removed.long(), dim=1)
-    new_index = new_position.scatter(1, src_idx, new_position.gather(1, dst_idx))
+    if token_order == "tome":
+        unmerged = order[:, r:]
+        if protect_first:
+            unmerged = unmerged.sort(dim=-1).values
+        keep_idx = torch.cat([unmerged * 2, positions[:, 1::2]], dim=1)
+    else:
+        # the kept positions in ascending order, without a data-dependent shape: each kept token is scattered
+        # to its new position, removed ones to one extra slot that is cut off
+        removed = torch.zeros(batch, num_tokens, dtype=torch.bool, device=device).scatter_(1, src_idx, True)
+        new_position = positions - torch.cumsum(removed.long(), dim=1)
+        slot = new_position.masked_fill(removed, kept_count)
+        keep_idx = torch.zeros(batch, kept_count + 1, dtype=positions.dtype, device=device)
+        keep_idx = keep_idx.scatter(1, slot, positions)[:, :kept_count]
+    outputs = torch.arange(kept_count, device=device).expand(batch, kept_count)
+    new_index = torch.zeros(batch, num_tokens, dtype=positions.dtype, device=device).scatter(1, keep_idx, outputs)
+    new_index = new_index.scatter(1, src_idx, new_index.gather(1, dst_idx))
     return MergePlan(src_idx=src_idx, dst_idx=dst_idx, keep_idx=keep_idx, new_index=new_index)
 
 
@@ -296,6 +343,7 @@ def proportional_bias(size: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 __all__ = [
+    "TOKEN_ORDERS",
     "MergePlan",
     "bipartite_plan",
     "information_degree",

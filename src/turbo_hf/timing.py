@@ -16,6 +16,39 @@ def synchronize(device: torch.device | str | None = None) -> None:
         torch.cuda.synchronize(device)
 
 
+def interleaved_times(
+    runs: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1, rotate: bool = False
+) -> dict[str, list[float]]:
+    """Seconds of every timed call of each callable, in round-robin rounds so drift hits all of them alike.
+
+    `warmup` untimed rounds, then `repeats` timed rounds; with `rotate`, each round starts one callable later
+    than the previous one (so no callable always runs first after a pause). The device is synchronised
+    around every timed call.
+
+    Example:
+
+    ```python
+    >>> from turbo_hf.timing import interleaved_times
+    >>> {name: len(times) for name, times in interleaved_times({"a": lambda: None}, repeats=3).items()}
+    {'a': 3}
+    ```
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"`repeats` must be >= 1 and `warmup` >= 0, got {repeats} and {warmup}.")
+    names = list(runs)
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for round_index in range(warmup + repeats):
+        shift = round_index % len(names) if rotate and names else 0
+        for name in names[shift:] + names[:shift]:
+            synchronize()
+            start = time.perf_counter()
+            runs[name]()
+            synchronize()
+            if round_index >= warmup:
+                samples[name].append(time.perf_counter() - start)
+    return samples
+
+
 def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
     """Median seconds of each callable, timed in round-robin rounds so drift hits all of them alike.
 
@@ -27,20 +60,8 @@ def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int = 5,
     ['a', 'b']
     ```
     """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"`repeats` must be >= 1 and `warmup` >= 0, got {repeats} and {warmup}.")
-    for _ in range(warmup):
-        for run in runs.values():
-            run()
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            synchronize()
-            start = time.perf_counter()
-            run()
-            synchronize()
-            samples[name].append(time.perf_counter() - start)
+    samples = interleaved_times(runs, repeats=repeats, warmup=warmup)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-__all__ = ["interleaved_medians", "synchronize"]
+__all__ = ["interleaved_medians", "interleaved_times", "synchronize"]

@@ -53,7 +53,11 @@ class TurboModelOutputWithPooling(BaseModelOutputWithPooling):
 
 @dataclass(frozen=True)
 class LayerStep:
-    """What one layer does after attention: remove `r` tokens with the given settings."""
+    """What one layer does after attention: remove `r` tokens with the given settings.
+
+    `token_order` is the order of the tokens after the step (`"spatial"` or ToMe's `"tome"`, see
+    `bipartite_plan`).
+    """
 
     layer_idx: int
     r: int
@@ -66,6 +70,7 @@ class LayerStep:
     protect_first: bool
     summary_query: str
     proportional_attention: bool
+    token_order: str = "spatial"
 
     def attention_bias(self, size: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
         """The `log(size)` logits bias once tokens have merged; None before (the stock computation)."""
@@ -114,6 +119,7 @@ class LayerStep:
             alpha_scale=self.alpha_scale,
             protect_first=self.protect_first,
             generator=generator,
+            token_order=self.token_order,
             **constraints,
         )
 
@@ -198,33 +204,40 @@ class TurboRuntime:
         return resolved
 
     def steps(self, num_tokens: int) -> list[LayerStep]:
-        """One `LayerStep` per layer for an input of `num_tokens` tokens."""
+        """One `LayerStep` per layer for an input of `num_tokens` tokens (cached; under `torch.compile` they are
+        built while tracing, so the graph guards on the settings and not on the state of the cache)."""
+        if torch.compiler.is_compiling():
+            return self._build_steps(num_tokens)
         if num_tokens not in self._steps:
-            config = self.config
-            settings = config.score_settings()
-            steps, merged = [], False
-            for idx, r in enumerate(self.schedule(num_tokens)):
-                mode = settings["mode"]
-                if mode == "turbo" and idx < settings["semantic_start_layer"]:
-                    mode = "tome"
-                steps.append(
-                    LayerStep(
-                        layer_idx=idx,
-                        r=r,
-                        merged_before=merged,
-                        mode=mode,
-                        alpha=settings["alpha"],
-                        alpha_scale=settings["alpha_scale"],
-                        reduction=settings["reduction"],
-                        seed=settings["seed"],
-                        protect_first=self.protect_first,
-                        summary_query=self.summary_query,
-                        proportional_attention=config.proportional_attention,
-                    )
-                )
-                merged = merged or r > 0
-            self._steps[num_tokens] = steps
+            self._steps[num_tokens] = self._build_steps(num_tokens)
         return self._steps[num_tokens]
+
+    def _build_steps(self, num_tokens: int) -> list[LayerStep]:
+        config = self.config
+        settings = config.score_settings()
+        steps, merged = [], False
+        for idx, r in enumerate(self.schedule(num_tokens)):
+            mode = settings["mode"]
+            if mode == "turbo" and idx < settings["semantic_start_layer"]:
+                mode = "tome"
+            steps.append(
+                LayerStep(
+                    layer_idx=idx,
+                    r=r,
+                    merged_before=merged,
+                    mode=mode,
+                    alpha=settings["alpha"],
+                    alpha_scale=settings["alpha_scale"],
+                    reduction=settings["reduction"],
+                    seed=settings["seed"],
+                    protect_first=self.protect_first,
+                    summary_query=self.summary_query,
+                    proportional_attention=config.proportional_attention,
+                    token_order=config.token_order,
+                )
+            )
+            merged = merged or r > 0
+        return steps
 
 
 def projected_attention(
