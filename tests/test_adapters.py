@@ -354,6 +354,5 @@ def test_tome_order_batch_equals_one_by_one_and_is_refused_by_text_towers():
         singles = torch.cat([model(pixel_values=x[None]).last_hidden_state for x in pixel_values])
     torch.testing.assert_close(batched, singles, atol=1e-5, rtol=1e-5)
     clip = build("clip")
-    apply_turbo(clip.text_model, TurboConfig(r=2, mode="tome", token_order="tome"))
-    with pytest.raises(ValueError, match="token_order='tome'"), torch.no_grad():
-        clip.text_model(input_ids=inputs("clip")["input_ids"])
+    with pytest.raises(ValueError, match="token_order='tome'.*CLIPTextModel needs them in their original order"):
+        apply_turbo(clip.text_model, TurboConfig(r=2, mode="tome", token_order="tome"))

@@ -139,7 +139,7 @@ REGISTER_CALLS = {"register_adapter", "AutoConfig.register", "AutoModel.register
 PURE_CALLS = {
     "FamilyAdapter", "re.compile", "inspect.signature", "logging.get_logger", "staticmethod", "classmethod",
     "dataclass", "field", "torch.no_grad", "capture_outputs", "merge_with_config_defaults", "can_return_tuple",
-    "contextmanager", "property",
+    "contextmanager", "property", "stock_field_order", "functools.cache",
 }
 # Names whose mere use at import would touch the process or the machine (environment, files, output, logging).
 FORBIDDEN_NAMES = {"os", "sys", "open", "environ", "getenv", "print", "exec", "eval", "__import__", "subprocess",

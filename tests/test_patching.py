@@ -307,3 +307,14 @@ def test_subclasses_of_turbo_classes_work():
         assert model(**inputs("vit")).last_hidden_state.shape[1] == 65 - 8
     apply_turbo(model, r=1)
     assert get_turbo_config(model).r == 1
+
+
+def test_tome_order_is_refused_where_token_order_carries_meaning():
+    from transformers import BertConfig, BertModel
+
+    bert = BertModel(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64))
+    with pytest.raises(ValueError, match="token_order='tome'.*BertModel needs them in their original order"):
+        apply_turbo(bert, r=2, mode="tome", token_order="tome")
+    assert not is_turbo_applied(bert)
+    apply_turbo(bert, r=2, mode="tome")  # ToMe's decisions in spatial order are fine

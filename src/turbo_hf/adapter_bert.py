@@ -185,6 +185,7 @@ TurboBertModel.turbo_auto_classes = AUTO_CLASSES
 register_adapter(
     FamilyAdapter(
         name="bert",
+        spatial_only=True,
         model_classes=(BertModel,),
         vision_models=_check_encoder,
         layers=lambda encoder: encoder.encoder.layer,

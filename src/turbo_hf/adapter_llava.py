@@ -1012,6 +1012,7 @@ TurboLlavaModel.turbo_auto_classes = LLAVA_AUTO_CLASSES
 register_adapter(
     FamilyAdapter(
         name="llava",
+        spatial_only=True,
         model_classes=(LlavaForConditionalGeneration, LlavaModel),
         vision_models=_llava_models,
         layers=_llava_layers,

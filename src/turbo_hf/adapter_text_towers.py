@@ -141,6 +141,7 @@ def _text_tokens(config) -> int:
 register_adapter(
     FamilyAdapter(
         name="clip-text",
+        spatial_only=True,
         model_classes=(CLIPTextModel, CLIPTextModelWithProjection),
         vision_models=lambda model: [model if isinstance(model, CLIPTextModel) else model.text_model],
         layers=lambda tower: tower.encoder.layers,
@@ -159,6 +160,7 @@ register_adapter(
 register_adapter(
     FamilyAdapter(
         name="siglip-text",
+        spatial_only=True,
         model_classes=(SiglipTextModel,),
         vision_models=lambda model: [model],
         layers=lambda tower: tower.encoder.layers,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 
 from transformers import PreTrainedConfig
@@ -20,8 +21,10 @@ DEFAULT_ALPHA = 0.02
 DEFAULT_ALPHA_SCALE = "length"
 
 
-# what a plain `PreTrainedConfig` carries (or `to_dict` writes) besides the Turbo settings: accepted, not Turbo's
-_GENERIC_KEYS = frozenset(PreTrainedConfig().to_dict()) | {"name_or_path", "_commit_hash", "attn_implementation"}
+@functools.cache
+def _generic_keys() -> frozenset[str]:
+    """What a plain `PreTrainedConfig` carries (or `to_dict` writes) besides the Turbo settings: accepted."""
+    return frozenset(PreTrainedConfig().to_dict()) | {"name_or_path", "_commit_hash", "attn_implementation"}
 
 
 def check_setting_names(names, where: str = "TurboConfig") -> None:
@@ -31,7 +34,7 @@ def check_setting_names(names, where: str = "TurboConfig") -> None:
     """
     valid = list(TurboConfig.__annotations__)
     for name in names:
-        if name in TurboConfig.__annotations__ or name in _GENERIC_KEYS:
+        if name in TurboConfig.__annotations__ or name in _generic_keys():
             continue
         close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
         hint = f" Did you mean `{close[0]}`?" if close else ""

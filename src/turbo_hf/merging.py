@@ -254,7 +254,10 @@ def bipartite_plan(
             return bipartite_plan(metric, 0)
 
     # stable: on equal priority the lower position merges first
-    order = priority.argsort(dim=-1, descending=True, stable=True)
+    if torch.onnx.is_in_onnx_export():  # ONNX has no stable sort; its TopK breaks ties by the lower index too
+        order = priority.topk(priority.shape[-1], dim=-1).indices
+    else:
+        order = priority.argsort(dim=-1, descending=True, stable=True)
     chosen = order[:, :r]
     src_idx = chosen * 2
     dst_idx = partner.gather(1, chosen) * 2 + 1

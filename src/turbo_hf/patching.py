@@ -227,6 +227,12 @@ def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -
             f"`llm_layers`/`llm_keep` reduce image tokens inside a language model; {type(model).__name__} has "
             "none (they apply to LLaVA)."
         )
+    if adapter.spatial_only and config.token_order != "spatial" and config.removes_tokens:
+        raise ValueError(
+            f"`token_order={config.token_order!r}` reorders the tokens of every layer; {type(model).__name__} needs "
+            "them in their original order (text positions and masks, or a language model reading image tokens in "
+            "raster order). Use token_order='spatial' (ToMe's merge decisions in spatial order: mode='tome')."
+        )
     runtimes = _build_runtimes(model, adapter, config)
     vision_models = adapter.vision_models(model)
     targets = [model] + [m for vision in vision_models for m in vision.modules()]

@@ -31,6 +31,8 @@ class FamilyAdapter:
         tokens_for_config: the default number of tokens of a vision module, from its config.
         extra_modules: returns modules outside the vision modules that `class_map` also swaps (exactly these
             modules, not their children), e.g. the text cross-attention that must take the image tokens' bias.
+        spatial_only: the order of the tokens carries meaning downstream (text positions and masks, a language
+            model reading the image tokens in raster order): `token_order="tome"` is refused at `apply_turbo`.
         validate: called by `apply_turbo` as `validate(model, config)` before anything is swapped; raises a
             `ValueError` for settings this model cannot run (e.g. `llm_layers` beyond its language model).
             Families without it refuse the language-model settings (`llm_layers`).
@@ -51,6 +53,7 @@ class FamilyAdapter:
     hub_classes: dict[type, dict[str, type]] = field(default_factory=dict)
     extra_modules: Callable[[nn.Module], list[nn.Module]] | None = None
     validate: Callable[[nn.Module, object], None] | None = None
+    spatial_only: bool = False
 
     def default_tokens(self, config) -> int:
         """Tokens the encoder sees at the config's image size ([CLS] included when there is one)."""
