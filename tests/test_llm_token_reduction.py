@@ -35,12 +35,7 @@ TEXT_LAYERS = 4
 PER_IMAGE = 64  # 32 px, patch 4, [CLS] dropped
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(attn="sdpa", config_class=LlavaConfig, **kw):
