@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -15,13 +16,35 @@ from transformers.utils import logging
 
 from .calibration import fidelity, pooled_features
 from .configuration_turbo import TurboConfig
-from .patching import apply_turbo, remove_turbo, turbo_plan
+from .patching import apply_turbo, turbo_plan
 from .real_weights import fetch_real_weights
 from .sample_images import builtin_photos
-from .timing import interleaved_medians
+from .timing import interleaved_times, timing_summary
 from .visualization import denormalize, draw_merges, merge_groups, side_by_side
 
 logger = logging.get_logger(__name__)
+
+# a timing whose rounds spread more than this (max - min over the median) is flagged as unreliable
+SPREAD_LIMIT = 0.10
+
+
+def timing_warnings(report: dict) -> list[str]:
+    """Why the demo's speed-up may not be trusted: spread between rounds, a busy machine, efficiency above 100 %."""
+    found = []
+    for name in ("stock", "turbo"):
+        spread = report[f"{name}_timing"]["spread"]
+        if spread > SPREAD_LIMIT:
+            found.append(f"{name} timings spread {spread:.0%} between rounds (over {SPREAD_LIMIT:.0%}): the machine "
+                         "is busy or noisy, so the speed-up is unreliable; rerun on a quiet machine or with more --repeats.")
+    load, cpus, threads = report["machine"]["load_average"], report["machine"]["cpus"], report["machine"]["threads"]
+    if load is not None and cpus and load + threads > cpus + 1:
+        found.append(f"load average {load:.1f} on {cpus} CPUs before timing with {threads} threads: other work "
+                     "competes for the cores, so the speed-up is unreliable.")
+    if report["speedup"] > report["flops_speed_limit"] * 1.05:
+        found.append(f"measured speed-up {report['speedup']:.2f}x exceeds the FLOP limit "
+                     f"{report['flops_speed_limit']:.2f}x (efficiency {report['speedup'] / report['flops_speed_limit']:.0%}): "
+                     "the stock rounds were slowed by something else.")
+    return found
 
 
 def format_report(report: dict) -> str:
@@ -31,14 +54,19 @@ def format_report(report: dict) -> str:
         ("Turbo", ", ".join(f"{k}={v}" for k, v in report["turbo_config"].items() if v is not None)),
         ("tokens", f"{report['tokens_in']} -> {report['tokens_out']} (schedule {report['schedule']})"),
         ("FLOP speed limit", f"{report['flops_speed_limit']:.2f}x"),
-        ("stock, batch of " + str(report["batch_size"]), f"{report['stock_seconds_per_batch'] * 1000:.0f} ms"),
-        ("Turbo, batch of " + str(report["batch_size"]), f"{report['turbo_seconds_per_batch'] * 1000:.0f} ms"),
-        ("measured speed-up", f"{report['speedup']:.2f}x (median of {report['repeats']})"),
+        *[
+            (f"{label}, batch of {report['batch_size']}",
+             f"{t['median'] * 1000:.0f} ms (min {t['min'] * 1000:.0f}, max {t['max'] * 1000:.0f})")
+            for label, t in (("stock", report["stock_timing"]), ("Turbo", report["turbo_timing"]))
+        ],
+        ("measured speed-up", f"{report['speedup']:.2f}x (median of {report['repeats']} interleaved rounds, "
+                              f"{report['machine']['threads']} threads)"),
         ("[CLS] cosine to stock", f"{report['cls_cosine']:.4f}"),
         ("[CLS]+mean cosine to stock", f"{report['feature_cosine']:.4f}"),
         ("picture", report["picture"]),
     ]
-    return "\n".join(["| | |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows])
+    table = "\n".join(["| | |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows])
+    return table + "".join(f"\n\nWarning: {warning}" for warning in report.get("warnings", []))
 
 
 def run_demo(
@@ -67,6 +95,8 @@ def run_demo(
     for name, value in (("image_size", image_size), ("batch_size", batch_size), ("repeats", repeats)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` (--{name.replace('_', '-')}) must be a positive integer, got {value!r}.")
+    # the load of the machine before the demo's own work adds to it: other jobs competing for the cores
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     path = Path(model_path) if model_path is not None else fetch_real_weights()
     model = AutoModel.from_pretrained(path, attn_implementation="sdpa").eval()
     patch_size = model.config.patch_size
@@ -83,22 +113,17 @@ def run_demo(
     )["pixel_values"]
     batch = pixel_values.repeat((batch_size + len(photos) - 1) // len(photos), 1, 1, 1)[:batch_size]
 
+    turbo_model = apply_turbo(copy.deepcopy(model), config)  # timed as it is: no patching inside timed calls
     with torch.inference_mode():
         stock = model(pixel_values=pixel_values)
-        apply_turbo(model, config)
-        merged = model(pixel_values=pixel_values)
-        plan = turbo_plan(model, stock.last_hidden_state.shape[1])
-        remove_turbo(model)
-
-        def run_stock():
-            model(pixel_values=batch)
-
-        def run_turbo():
-            apply_turbo(model, config)
-            model(pixel_values=batch)
-            remove_turbo(model)
-
-        seconds = interleaved_medians({"stock": run_stock, "turbo": run_turbo}, repeats=repeats)
+        merged = turbo_model(pixel_values=pixel_values)
+        plan = turbo_plan(turbo_model, stock.last_hidden_state.shape[1])
+        samples = interleaved_times(
+            {"stock": lambda: model(pixel_values=batch), "turbo": lambda: turbo_model(pixel_values=batch)},
+            repeats=repeats,
+            rotate=True,
+        )
+    stock_timing, turbo_timing = timing_summary(samples["stock"]), timing_summary(samples["turbo"])
 
     report = {
         "model": str(path),
@@ -110,13 +135,18 @@ def run_demo(
         "tokens_out": plan["token_counts"][-1],
         "schedule": plan["schedule"],
         "flops_speed_limit": 1 / plan["flops_fraction"],
-        "stock_seconds_per_batch": seconds["stock"],
-        "turbo_seconds_per_batch": seconds["turbo"],
-        "speedup": seconds["stock"] / seconds["turbo"],
+        "stock_timing": stock_timing,
+        "turbo_timing": turbo_timing,
+        "speedup": stock_timing["median"] / turbo_timing["median"],
         "cls_cosine": fidelity(stock.pooler_output, merged.pooler_output),
         "feature_cosine": fidelity(pooled_features(stock), pooled_features(merged)),
         "photos": [name for name, _ in photos],
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "load_average": load_before,
+        },
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
 
@@ -132,5 +162,6 @@ def run_demo(
     picture = out / "merged_patches.png"
     side_by_side(pairs).save(picture)
     report["picture"] = str(picture)
+    report["warnings"] = timing_warnings(report)
     (out / "demo.json").write_text(json.dumps(report, indent=2))
     return report

@@ -64,4 +64,21 @@ def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int = 5,
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-__all__ = ["interleaved_medians", "interleaved_times", "synchronize"]
+def timing_summary(samples: list[float]) -> dict[str, float]:
+    """Median, min, max and relative spread `(max - min) / median` of timed samples (seconds).
+
+    Example:
+
+    ```python
+    >>> from turbo_hf.timing import timing_summary
+    >>> timing_summary([1.0, 1.2, 0.8])
+    {'median': 1.0, 'min': 0.8, 'max': 1.2, 'spread': 0.3999999999999999}
+    ```
+    """
+    if not samples:
+        raise ValueError("`samples` must hold at least one timing.")
+    median = statistics.median(samples)
+    return {"median": median, "min": min(samples), "max": max(samples), "spread": (max(samples) - min(samples)) / median}
+
+
+__all__ = ["interleaved_medians", "interleaved_times", "synchronize", "timing_summary"]
