@@ -186,6 +186,17 @@ def save(out_dir: str | Path, stem: str, payload: dict, markdown: str) -> tuple[
     return json_path, md_path
 
 
+def publish(out_dir: str | Path, stem: str, title: str, notes: str, table: str, meta: dict, rows: list) -> dict:
+    """Print a benchmark's table and save it (`<stem>.json` and `<stem>.md` with notes and run metadata)."""
+    runtime = meta["runtime_s"]
+    markdown = "\n\n".join([title, notes, table, "## Run", metadata_markdown(meta) + f"\n- total runtime: {runtime:.0f} s"])
+    print()
+    print(table)
+    json_path, md_path = save(out_dir, stem, {"metadata": meta, "rows": rows}, markdown)
+    print(f"\nsaved {json_path} and {md_path}  (total {runtime:.0f} s)")
+    return {"metadata": meta, "rows": rows}
+
+
 def metadata_markdown(meta: dict) -> str:
     """A short human-readable block of the metadata for the .md files."""
     m, v = meta["machine"], meta["versions"]

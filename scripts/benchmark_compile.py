@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from bench_common import markdown_table, metadata, metadata_markdown, save
+from bench_common import markdown_table, metadata, publish
 from transformers import ViTConfig, ViTModel
 from turbo_hf import TurboConfig, apply_turbo, turbo_plan
 from turbo_hf.timing import interleaved_times
@@ -130,16 +130,8 @@ def main(argv=None) -> dict:
         f"rounds. Turbo rows: `TurboConfig(r, mode={args.mode!r})`. FLOP limit = 1 / turbo_plan flops_fraction. "
         f"torch threads: {torch.get_num_threads()}."
     )
-    markdown = "\n\n".join([
-        f"# torch.compile: stock against Turbo on ViT-B/16 ({config.image_size} px, batch {args.batch_size})",
-        notes, table, "## Run", metadata_markdown(meta) + f"\n- total runtime: {meta['runtime_s']:.0f} s",
-    ])
-    print()
-    print(table)
-    json_path, md_path = save(args.out, args.name, {"metadata": meta, "rows": rows}, markdown)
-    print(f"\nsaved {json_path} and {md_path}  (total {meta['runtime_s']:.0f} s)")
-    return {"metadata": meta, "rows": rows}
-
+    title = f"# torch.compile: stock against Turbo on ViT-B/16 ({config.image_size} px, batch {args.batch_size})"
+    return publish(args.out, args.name, title, notes, table, meta, rows)
 
 if __name__ == "__main__":
     main()

@@ -23,10 +23,9 @@ from bench_common import (
     load_model,
     markdown_table,
     metadata,
-    metadata_markdown,
     num_tokens,
     plan_for,
-    save,
+    publish,
 )
 from turbo_hf import TurboConfig, apply_turbo, is_turbo_applied, remove_turbo
 
@@ -161,8 +160,7 @@ def main(argv=None) -> dict:
             for row in rows
         ],
     )
-    runtime = watch.total()
-    meta["runtime_s"] = runtime
+    meta["runtime_s"] = watch.total()
     turbo_cfg = next((c for _, c in configs if c is not None and c.mode == "turbo"), None)
     notes = (
         f"DINOv2 {args.image_size} px ({tokens} tokens), batch {args.batch_size}, attention `{args.attn}`, "
@@ -171,16 +169,8 @@ def main(argv=None) -> dict:
         "N^2 attention products); efficiency = measured speed-up / speed limit."
         + (f" Turbo rows use alpha={turbo_cfg.alpha}, alpha_scale={turbo_cfg.alpha_scale!r}." if turbo_cfg else "")
     )
-    markdown = "\n\n".join(
-        [f"# Speed: Turbo token merging on DINOv2-S/14 ({args.image_size} px)", notes, table,
-         "## Run", metadata_markdown(meta) + f"\n- total runtime: {runtime:.0f} s"]
-    )
-    print()
-    print(table)
-    json_path, md_path = save(args.out, args.name, {"metadata": meta, "rows": rows}, markdown)
-    print(f"\nsaved {json_path} and {md_path}  (total {runtime:.0f} s)")
-    return {"metadata": meta, "rows": rows}
-
+    title = f"# Speed: Turbo token merging on DINOv2-S/14 ({args.image_size} px)"
+    return publish(args.out, args.name, title, notes, table, meta, rows)
 
 if __name__ == "__main__":
     main()

@@ -32,7 +32,7 @@ import test_adapter_llava as llava
 import tiny_models
 import turbo_hf
 from turbo_hf import TurboConfig, apply_turbo
-from turbo_hf import adapter_blip, adapter_blip2, adapter_instructblip, adapter_llava
+from turbo_hf import adapter_blip, adapter_blip2, adapter_instructblip, adapter_llava, llava_token_counts
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def llava_inputs(model, turbo=None):
     generator = torch.Generator().manual_seed(3)
-    count = adapter_llava.image_token_count(model.config, turbo)
+    count = llava_token_counts.image_token_count(model.config, turbo)
     ids = torch.cat([torch.tensor([[2] + [4] * count] * 2), torch.randint(10, 100, (2, 5), generator=generator)], 1)
     return dict(pixel_values=torch.randn(2, 3, 32, 32, generator=generator), input_ids=ids)
 

@@ -28,12 +28,8 @@ from transformers import (
 
 from turbo_hf import TurboConfig, apply_turbo, remove_turbo, turbo_plan
 from turbo_hf.compat import image_features_of
-from turbo_hf.adapter_llava import (
-    TurboLlavaConfig,
-    TurboLlavaForConditionalGeneration,
-    TurboLlavaModel,
-    image_token_count,
-)
+from turbo_hf.adapter_llava import TurboLlavaConfig, TurboLlavaForConditionalGeneration, TurboLlavaModel
+from turbo_hf.llava_token_counts import image_token_count
 from turbo_hf.processing_turbo_llava import TurboLlavaProcessor
 
 

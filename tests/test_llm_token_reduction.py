@@ -13,12 +13,8 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration, MistralConf
 from test_adapter_llava import IMAGE_TOKEN_ID, PROMPTS, images, llava_config, processor_parts
 from turbo_hf import TurboConfig, apply_turbo, remove_turbo
 from turbo_hf.compat import cache_of
-from turbo_hf.adapter_llava import (
-    TurboLlavaConfig,
-    TurboLlavaForConditionalGeneration,
-    TurboLlavaTextModel,
-    llama_reduction_scores,
-)
+from turbo_hf.adapter_llava import TurboLlavaConfig, TurboLlavaForConditionalGeneration
+from turbo_hf.llama_token_reduction import TurboLlavaTextModel, llama_reduction_scores
 from turbo_hf.llm_token_reduction import (
     STATE_ATTRIBUTE,
     ReductionSettings,

@@ -16,13 +16,19 @@ from transformers.models.dinov2.modeling_dinov2 import (
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .adapter_vit import vision_attention_mask
 from .configuration_turbo import TurboConfig
 from .hub_export import TurboHubMixin
 from .merging import unmerge
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
-from .turbo_encoder import LayerStep, ProjectedAttentionMixin, TurboModelOutputWithPooling, TurboRuntime, run_layers
+from .turbo_encoder import (
+    LayerStep,
+    ProjectedAttentionMixin,
+    TurboModelOutputWithPooling,
+    TurboRuntime,
+    run_layers,
+    vision_attention_mask,
+)
 
 
 class TurboDinov2Config(Dinov2Config):

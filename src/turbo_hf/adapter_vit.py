@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.vit.configuration_vit import ViTConfig
 from transformers.models.vit.modeling_vit import (
     ViTAttention,
@@ -24,27 +23,9 @@ from .turbo_encoder import (
     LayerStep,
     ProjectedAttentionMixin,
     TurboModelOutputWithPooling,
-    TurboRuntime,
-    check_attention_mask,
     run_layers,
+    vision_attention_mask,
 )
-
-
-def vision_attention_mask(
-    config, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, runtime: TurboRuntime
-) -> torch.Tensor | None:
-    """The layers' attention mask of a ViT-style encoder (ViT, DINOv2) that builds one with
-    `create_bidirectional_mask`.
-
-    A mask the caller passed is refused while tokens merge (`check_attention_mask`). Without one, the stock
-    builder returns None, or (under `torch.export` / tracing) an all-True 4D mask over the input tokens: while
-    tokens merge that mask is dropped (it allows everything, and it would not fit the merged lengths), without
-    looking at its values, so export traces no data-dependent branch. At r=0 the stock mask is kept as built.
-    """
-    steps = runtime.steps(int(hidden_states.shape[1]))
-    check_attention_mask(attention_mask, steps)
-    mask = create_bidirectional_mask(config=config, inputs_embeds=hidden_states, attention_mask=attention_mask)
-    return None if any(step.r for step in steps) else mask
 
 
 class TurboViTConfig(ViTConfig):

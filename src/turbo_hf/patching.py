@@ -215,8 +215,7 @@ def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -
     elif kwargs:
         raise ValueError("Pass either a `config` or keyword settings to `apply_turbo`, not both.")
     else:
-        config = as_turbo_config(config)
-    config.validate_settings()  # also after attribute assignments (`config.mode = ...`)
+        config = as_turbo_config(config)  # checks a given config again (after `config.mode = ...`)
     adapter = find_adapter(model)
     _check_not_nested(model)
     # Everything that can refuse runs before anything changes: a refused config leaves the model as it was.

@@ -8,14 +8,8 @@ from transformers.image_utils import get_image_size, to_numpy_array
 from transformers.models.llava.processing_llava import LlavaProcessor
 from transformers.processing_utils import MultiModalData
 
-from .adapter_llava import (
-    TurboLlavaConfig,
-    check_feature_layer,
-    clip_layer_cost,
-    feature_depth,
-    llava_runtime,
-    merged_token_count,
-)
+from .adapter_llava import TurboLlavaConfig, llava_runtime
+from .llava_token_counts import check_feature_layer, clip_layer_cost, feature_depth, merged_token_count
 from .configuration_turbo import TurboConfig, as_turbo_config
 from .schedules import LayerCost
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
@@ -162,6 +163,7 @@ class TurboRuntime:
         self.protect_first = protect_first
         self.summary_query = summary_query
         self._steps: dict[int, list[LayerStep]] = {}
+        self._warned_lengths: set[int] = set()  # input lengths whose clamped request was already reported
 
     def output_bias(
         self, size: torch.Tensor | None, source: torch.Tensor | None, dtype: torch.dtype
@@ -195,9 +197,8 @@ class TurboRuntime:
             protect_first=self.protect_first,
         )
         resolved = resolve_schedule(**request)
-        warned = self.__dict__.setdefault("_warned_lengths", set())
-        if num_tokens not in warned:
-            warned.add(num_tokens)
+        if num_tokens not in self._warned_lengths:
+            self._warned_lengths.add(num_tokens)
             reason = shortfall(request, resolved)
             if reason is not None:
                 logger.warning(f"Turbo: {reason}")
@@ -322,6 +323,23 @@ def check_attention_mask(attention_mask: torch.Tensor | None, steps: list[LayerS
         )
 
 
+def vision_attention_mask(
+    config, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, runtime: TurboRuntime
+) -> torch.Tensor | None:
+    """The layers' attention mask of a ViT-style encoder (ViT, DINOv2) that builds one with
+    `create_bidirectional_mask`.
+
+    A mask the caller passed is refused while tokens merge (`check_attention_mask`). Without one, the stock
+    builder returns None, or (under `torch.export` / tracing) an all-True 4D mask over the input tokens: while
+    tokens merge that mask is dropped (it allows everything, and it would not fit the merged lengths), without
+    looking at its values, so export traces no data-dependent branch. At r=0 the stock mask is kept as built.
+    """
+    steps = runtime.steps(int(hidden_states.shape[1]))
+    check_attention_mask(attention_mask, steps)
+    mask = create_bidirectional_mask(config=config, inputs_embeds=hidden_states, attention_mask=attention_mask)
+    return None if any(step.r for step in steps) else mask
+
+
 def run_layers(
     layers: nn.ModuleList,
     hidden_states: torch.Tensor,
@@ -370,4 +388,5 @@ __all__ = [
     "TurboRuntime",
     "projected_attention",
     "run_layers",
+    "vision_attention_mask",
 ]

@@ -109,7 +109,7 @@ OVERRIDES: tuple[Override, ...] = tuple(
     + _override("adapter_instructblip.TurboInstructBlipForConditionalGeneration",
                 "instructblip.modeling_instructblip.InstructBlipForConditionalGeneration", "get_image_features")
     + _override("adapter_llava.TurboLlavaCLIPEncoder", "clip.modeling_clip.CLIPEncoder", "forward")
-    + _override("adapter_llava.TurboLlavaTextModel", "llama.modeling_llama.LlamaModel", "forward")
+    + _override("llama_token_reduction.TurboLlavaTextModel", "llama.modeling_llama.LlamaModel", "forward")
     + _override("adapter_llava.TurboLlavaModel", "llava.modeling_llava.LlavaModel",
                 "get_image_features", "get_placeholder_mask", "forward")
     + _override("adapter_siglip.TurboSiglipEncoderLayer", "siglip.modeling_siglip.SiglipEncoderLayer", "forward")
@@ -144,9 +144,9 @@ OVERRIDES: tuple[Override, ...] = tuple(
         # copies under another name
         Override("turbo_hf.adapter_dinov2.encoder_forward",
                  "transformers.models.dinov2.modeling_dinov2.Dinov2Encoder.forward"),
-        Override("turbo_hf.adapter_llava.TurboLlavaTextModel._reduced_forward",
+        Override("turbo_hf.llama_token_reduction.TurboLlavaTextModel._reduced_forward",
                  "transformers.models.llama.modeling_llama.LlamaModel.forward"),
-        Override("turbo_hf.adapter_llava._rope", "transformers.models.llama.modeling_llama.apply_rotary_pos_emb"),
+        Override("turbo_hf.llama_token_reduction._rope", "transformers.models.llama.modeling_llama.apply_rotary_pos_emb"),
     ]
 )
 
@@ -156,10 +156,11 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("transformers.utils.generic.merge_with_config_defaults", "the forwards of the Turbo model classes"),
     Internal("transformers.conversion_mapping.get_checkpoint_conversion_mapping", "turbo_hf.registry"),
     Internal("transformers.conversion_mapping.register_checkpoint_conversion_mapping", "turbo_hf.registry"),
-    Internal("transformers.masking_utils.find_first_full_attention_index", "turbo_hf.adapter_llava"),
-    Internal("transformers.cache_utils.Cache.get_mask_sizes", "turbo_hf.adapter_llava"),
-    Internal("transformers.models.llama.modeling_llama.repeat_kv", "turbo_hf.adapter_llava.llama_reduction_scores"),
-    Internal("transformers.models.llama.modeling_llama.rotate_half", "turbo_hf.adapter_llava._rope"),
+    Internal("transformers.masking_utils.find_first_full_attention_index",
+             "turbo_hf.adapter_llava and turbo_hf.llama_token_reduction"),
+    Internal("transformers.cache_utils.Cache.get_mask_sizes", "turbo_hf.adapter_llava and turbo_hf.llama_token_reduction"),
+    Internal("transformers.models.llama.modeling_llama.repeat_kv", "turbo_hf.llama_token_reduction.llama_reduction_scores"),
+    Internal("transformers.models.llama.modeling_llama.rotate_half", "turbo_hf.llama_token_reduction._rope"),
     Internal("transformers.models.bert.modeling_bert.eager_attention_forward", "turbo_hf.adapter_bert"),
     Internal("transformers.models.blip_2.modeling_blip_2.eager_attention_forward", "turbo_hf.adapter_blip2"),
     Internal("transformers.models.clip.modeling_clip.eager_attention_forward", "turbo_hf.adapter_clip"),
@@ -174,7 +175,7 @@ OUTPUT_FIELDS: tuple[OutputFields, ...] = (
     OutputFields("transformers.models.llava.modeling_llava.LlavaModelOutputWithPast",
                  ("last_hidden_state", "hidden_states", "attentions"), "turbo_hf.adapter_llava.TurboLlavaModel.forward"),
     OutputFields("transformers.modeling_outputs.BaseModelOutputWithPast", ("last_hidden_state",),
-                 "turbo_hf.adapter_llava.TurboLlavaTextModel.forward"),
+                 "turbo_hf.llama_token_reduction.TurboLlavaTextModel.forward"),
     OutputFields("transformers.modeling_outputs.BaseModelOutputWithPooling",
                  ("last_hidden_state", "pooler_output", "hidden_states", "attentions"),
                  "turbo_hf.turbo_encoder.TurboModelOutputWithPooling"),
