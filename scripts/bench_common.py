@@ -22,7 +22,7 @@ from transformers import AutoModel  # noqa: E402
 
 import turbo_hf  # noqa: E402
 from turbo_hf import unmerge  # noqa: E402
-from turbo_hf.eval_report import run_metadata  # noqa: E402
+from turbo_hf.evaluation.report import run_metadata  # noqa: E402
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -72,7 +72,7 @@ def r_for_speed_limit(model, tokens: int, target: float, base: dict | None = Non
 
 
 def metadata(model_folder: Path | None = None, **settings) -> dict:
-    """Where and how a benchmark ran (`turbo_hf.eval_report.run_metadata`), plus the model it used."""
+    """Where and how a benchmark ran (`turbo_hf.evaluation.report.run_metadata`), plus the model it used."""
     marker = None
     if model_folder is not None and (Path(model_folder) / "turbo_hf_real_weights.json").is_file():
         marker = json.loads((Path(model_folder) / "turbo_hf_real_weights.json").read_text())

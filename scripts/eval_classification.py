@@ -39,7 +39,7 @@ PROG = "eval_classification.py"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from turbo_hf.evaluation import add_common_arguments
+    from turbo_hf.evaluation.driver import add_common_arguments
 
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, batch_size=32)
@@ -77,7 +77,7 @@ def run(argv=None) -> int:
     import numpy as np
     import torch
 
-    from turbo_hf.evaluation import (
+    from turbo_hf.evaluation.driver import (
         Runner,
         UsageError,
         as_tensor,
@@ -93,8 +93,8 @@ def run(argv=None) -> int:
         token_features,
         write_outputs,
     )
-    from turbo_hf.metrics import topk_accuracy
-    from turbo_hf.registry import find_adapter
+    from turbo_hf.evaluation.metrics import topk_accuracy
+    from turbo_hf.modeling.registry import find_adapter
 
     settings = settings_from_args(args)
     if not 0 < args.probe_train_fraction < 1:
@@ -270,7 +270,7 @@ def run(argv=None) -> int:
 
 
 def main(argv=None) -> int:
-    from turbo_hf.evaluation import cli_main
+    from turbo_hf.evaluation.driver import cli_main
 
     return cli_main(run, argv, PROG)
 

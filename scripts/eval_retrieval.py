@@ -42,7 +42,7 @@ PROG = "eval_retrieval.py"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from turbo_hf.evaluation import add_common_arguments
+    from turbo_hf.evaluation.driver import add_common_arguments
 
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, batch_size=32)
@@ -102,7 +102,7 @@ def run(argv=None) -> int:
     import torch.nn.functional as F
     from transformers import AutoTokenizer
 
-    from turbo_hf.evaluation import (
+    from turbo_hf.evaluation.driver import (
         Runner,
         UsageError,
         check_settings,
@@ -118,7 +118,7 @@ def run(argv=None) -> int:
         split_columns,
         write_outputs,
     )
-    from turbo_hf.metrics import retrieval_recall
+    from turbo_hf.evaluation.metrics import retrieval_recall
 
     settings = settings_from_args(args)
     caption_columns = split_columns(args.caption_column)
@@ -323,7 +323,7 @@ def run(argv=None) -> int:
 
 
 def main(argv=None) -> int:
-    from turbo_hf.evaluation import cli_main
+    from turbo_hf.evaluation.driver import cli_main
 
     return cli_main(run, argv, PROG)
 

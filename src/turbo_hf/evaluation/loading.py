@@ -1,0 +1,207 @@
+"""Loading models, image preprocessors and processors for the evaluation scripts; generation helpers."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..modeling.patching import is_turbo_applied, remove_turbo
+from .data import to_rgb
+from .settings import UsageError
+from .local_paths import check_local_path
+
+
+def load_model(path: str, auto_classes: Sequence[str], dtype: str | None = None, attn: str | None = None):
+    """A model from a folder or Hub id, in eval mode, with any Turbo patch removed (the stock model).
+
+    The class named by the checkpoint's `architectures` is used when transformers or turbo_hf has it;
+    otherwise the first of `auto_classes` that loads. A local-looking `path` that does not exist
+    (`turbo_hf.evaluation.local_paths`) raises a `UsageError` at once, without trying the Hub.
+    """
+    import transformers
+    from transformers import AutoConfig
+
+    path = check_local_path(path, "--model", UsageError)
+    kwargs = {}
+    if dtype:
+        kwargs["dtype"] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    if attn:
+        kwargs["attn_implementation"] = attn
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as error:
+        raise UsageError(f"Could not load a model config from {path!r}: {error}") from error
+    package = sys.modules.get(__name__.rpartition(".")[0])  # turbo_hf: its Turbo classes
+    candidates = []
+    for name in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, name, None) or getattr(package, name, None)
+        if cls is not None:
+            candidates.append(cls)
+    candidates += [getattr(transformers, name) for name in auto_classes if hasattr(transformers, name)]
+    errors = []
+    for cls in candidates:
+        try:
+            model = cls.from_pretrained(path, **kwargs)
+            break
+        except Exception as error:  # try the next class
+            errors.append(f"{cls.__name__}: {error}")
+    else:
+        raise UsageError(f"Could not load {path!r} with {', '.join(c.__name__ for c in candidates)}: " + "; ".join(errors))
+    if is_turbo_applied(model):
+        remove_turbo(model)
+    return model.eval()
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _vision_config(config):
+    return getattr(config, "vision_config", None) or config
+
+
+def image_preprocessor(path: str, model: nn.Module, image_size: int | None = None) -> Callable[[list], torch.Tensor]:
+    """images (PIL) -> pixel values, with the checkpoint's image processor (at `image_size` px when given).
+
+    Without a saved image processor: resize the shortest edge, centre crop to the model's image size,
+    ImageNet normalisation.
+    """
+    from transformers import AutoImageProcessor
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(path)
+    except Exception:
+        processor = None
+    size = image_size or getattr(_vision_config(model.config), "image_size", 224)
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    if processor is None:
+        import torch.nn.functional as F
+
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+        def fallback(images: list) -> torch.Tensor:
+            out = []
+            for image in images:
+                x = torch.from_numpy(np.asarray(to_rgb(image), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+                h, w = x.shape[-2:]
+                scale = size / min(h, w)
+                x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))),
+                                  mode="bicubic", align_corners=False, antialias=True)
+                top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+                x = x[0, :, top : top + size, left : left + size].clamp(0, 1)
+                out.append((x - mean) / std)
+            return torch.stack(out)
+
+        return fallback
+    kwargs = {}
+    if image_size is not None:
+        current = getattr(processor, "size", None) or {}
+        if "shortest_edge" in current:
+            kwargs = {"size": {"shortest_edge": image_size}, "crop_size": {"height": image_size, "width": image_size}}
+        else:
+            kwargs = {"size": {"height": image_size, "width": image_size}}
+
+    def run(images: list) -> torch.Tensor:
+        return processor(images=[to_rgb(image) for image in images], return_tensors="pt", **kwargs)["pixel_values"]
+
+    return run
+
+
+def interpolation_kwargs(function: Callable, model: nn.Module, pixel_values: torch.Tensor) -> dict:
+    """`{"interpolate_pos_encoding": True}` when the pixels are not the model's image size and `function`
+    takes that argument (ViT, CLIP, SigLIP, BLIP); `{}` otherwise (DINOv2 always interpolates)."""
+    if not needs_interpolation(model, pixel_values):
+        return {}
+    try:
+        import inspect
+
+        accepted = "interpolate_pos_encoding" in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        accepted = False
+    return {"interpolate_pos_encoding": True} if accepted else {}
+
+
+def needs_interpolation(model: nn.Module, pixel_values: torch.Tensor) -> bool:
+    """Whether the pixel size differs from the model's configured image size."""
+    size = getattr(_vision_config(model.config), "image_size", None)
+    if size is None:
+        return False
+    size = size if isinstance(size, (list, tuple)) else (size, size)
+    return tuple(pixel_values.shape[-2:]) != tuple(size)
+
+
+# Default prompts of the generative families (captioning, and VQA where `{question}` is filled in).
+CAPTION_PROMPTS = {
+    "blip": None,
+    "blip-2": None,
+    "instructblip": "A short image description:",
+    "llava": "USER: <image>\nWrite a short caption for this image. ASSISTANT:",
+    "llava_next": "[INST] <image>\nWrite a short caption for this image. [/INST]",
+}
+VQA_PROMPTS = {
+    "blip": "{question}",
+    "blip-2": "Question: {question} Short answer:",
+    "instructblip": "Question: {question} Short answer:",
+    "llava": "USER: <image>\n{question}\nAnswer the question using a single word or phrase. ASSISTANT:",
+    "llava_next": "[INST] <image>\n{question}\nAnswer the question using a single word or phrase. [/INST]",
+}
+
+
+def model_type_of(model: nn.Module) -> str:
+    """The stock `model_type` of a (possibly Turbo) model: `turbo_blip` -> `blip`."""
+    model_type = getattr(model.config, "model_type", "")
+    return model_type[len("turbo_"):] if model_type.startswith("turbo_") else model_type
+
+
+def load_processor(path: str, model: nn.Module):
+    """The checkpoint's multimodal processor; left padding for decoder-only language models."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except Exception as error:
+        raise UsageError(f"No processor (image processor + tokenizer) found with {path!r}: {error}") from error
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is not None and model_type_of(model) != "blip":
+        tokenizer.padding_side = "left"
+    return processor
+
+
+def generation_inputs(processor, images: list, prompts: list[str] | None, device, dtype) -> dict:
+    """Processor outputs for a batch of images (and prompts), on the device, pixel values in `dtype`."""
+    kwargs = {"images": [to_rgb(image) for image in images], "return_tensors": "pt"}
+    if prompts is not None:
+        kwargs.update(text=list(prompts), padding=True)
+    encoded = processor(**kwargs)
+    inputs = {}
+    for key, value in encoded.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device)
+            if value.is_floating_point():
+                value = value.to(dtype)
+            inputs[key] = value
+    return inputs
+
+
+def decode_generated(processor, output_ids: torch.Tensor, inputs: dict, prompts: list[str] | None) -> list[str]:
+    """Generated text without the prompt (whether `generate` returned the prompt tokens or not)."""
+    input_ids = inputs.get("input_ids")
+    if input_ids is not None and output_ids.shape[1] >= input_ids.shape[1]:
+        if torch.equal(output_ids[:, : input_ids.shape[1]].to(input_ids.device), input_ids):
+            output_ids = output_ids[:, input_ids.shape[1] :]
+    texts = processor.batch_decode(output_ids, skip_special_tokens=True)
+    cleaned = []
+    for index, text in enumerate(texts):
+        text = text.strip()
+        prompt = prompts[index] if prompts else None
+        if prompt:
+            visible = prompt.replace("<image>", "").strip()
+            if visible and text.lower().startswith(visible.lower()):
+                text = text[len(visible) :].strip()
+        cleaned.append(text)
+    return cleaned

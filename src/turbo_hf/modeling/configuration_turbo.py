@@ -1,0 +1,278 @@
+"""`TurboConfig`: every knob of Turbo token merging, validated when it is created."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+
+from transformers import PreTrainedConfig
+
+MODES = ("turbo", "tome", "semantic", "random")
+REDUCTIONS = ("merge", "prune")
+SCHEDULES = ("constant", "decreasing")
+ALPHA_SCALES = ("length", "raw", "rank", "zscore")
+LLM_TEXT_QUERIES = ("last", "all")
+TOKEN_ORDERS = ("spatial", "tome")
+
+# Chosen from measurements on the real DINOv2-S/14 (see README, "Choosing alpha"): with the semantic value
+# normalised by its mean over the non-[CLS] tokens, a small weight keeps ToMe's quality at every length.
+DEFAULT_ALPHA = 0.02
+DEFAULT_ALPHA_SCALE = "length"
+
+
+@functools.cache
+def _generic_keys() -> frozenset[str]:
+    """What a plain `PreTrainedConfig` carries (or `to_dict` writes) besides the Turbo settings: accepted."""
+    return frozenset(PreTrainedConfig().to_dict()) | {"name_or_path", "_commit_hash", "attn_implementation"}
+
+
+def check_setting_names(names, where: str = "TurboConfig") -> None:
+    """Refuse keys that are not Turbo settings, naming the closest valid one (`rr` -> `r`).
+
+    Generic `PreTrainedConfig` fields (`model_type`, `transformers_version`, ...) pass.
+    """
+    valid = list(TurboConfig.__annotations__)
+    for name in names:
+        if name in TurboConfig.__annotations__ or name in _generic_keys():
+            continue
+        close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+        hint = f" Did you mean `{close[0]}`?" if close else ""
+        raise ValueError(f"{where} got an unknown setting `{name}`.{hint} Valid settings: {', '.join(valid)}.")
+
+
+def _allowed(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
+
+
+def _non_negative_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
+
+
+class TurboConfig(PreTrainedConfig):
+    r"""
+    Settings of Turbo token merging (Ju et al., ECCV 2024) for a vision encoder.
+
+    In each transformer block, after attention and before the MLP, `r` tokens are merged into their most
+    similar partner. Which ones go is decided by the information degree `E = R - alpha * A`, where `R` is a
+    token's mutual redundancy (its largest key cosine similarity with the other set of a bipartite split)
+    and `A` its semantic value (the attention the [CLS] token pays to it).
+
+    Args:
+        r (`int` or `list[int]`, *optional*):
+            Tokens removed per layer: one number for every layer, or a list with one entry per layer.
+            Exactly one of `r` and `flops_ratio` may be given; neither means `r=0` (the stock model).
+        flops_ratio (`float`, *optional*):
+            Budget instead of `r`: the fraction of the stock encoder's FLOPs to keep, in (0, 1]. The least
+            reduction that stays within it is derived for the model and the input length it runs on.
+        schedule (`str`, defaults to `"constant"`):
+            How an integer `r` is spread over layers: `"constant"` (the same `r` everywhere) or `"decreasing"`
+            (from `2r` in the first layer linearly down to 0 in the last, the same total).
+        mode (`str`, defaults to `"turbo"`):
+            What decides which tokens merge: `"turbo"` (information degree), `"tome"` (redundancy only, i.e.
+            `alpha=0`), `"semantic"` (semantic value only: the least attended go first) or `"random"` (seeded,
+            see `seed`). With `token_order="spatial"`, `"tome"` makes ToMe's merge decisions but keeps the tokens
+            in spatial order; with `token_order="tome"` it is ToMe (Bolya et al.) step for step, output order
+            included. Ties in priority go to the lower position in every mode.
+        reduction (`str`, defaults to `"merge"`):
+            `"merge"` averages a removed token into its partner (weighted by size); `"prune"` drops it.
+        alpha (`float`, defaults to 0.02):
+            Weight of the semantic value in the information degree. Its meaning depends on `alpha_scale`.
+        alpha_scale (`str`, defaults to `"length"`):
+            How `A` is put on the scale of `R`: `"length"` divides it by its mean over the non-[CLS] tokens
+            (so uniform attention gives 1 at any sequence length), `"raw"` uses the attention probability as
+            the paper does (`alpha` is then the paper's alpha'), `"rank"` and `"zscore"` compare ranks or
+            z-scores of `R` and `A` over the candidates.
+        semantic_start_layer (`int`, defaults to 0):
+            The semantic term is used from this layer on; earlier layers merge by redundancy only.
+        min_tokens (`int`, defaults to 0):
+            Merging stops before fewer than this many tokens would remain (the research code used 40, and
+            100 for retrieval; the shipped presets set it).
+        proportional_attention (`bool`, defaults to `True`):
+            Add `log(size)` to the attention logits of merged tokens so they weigh as much as the tokens
+            they replaced.
+        restore_output (`bool`, defaults to `False`):
+            Unmerge the encoder output back to the full token grid (each merged token copied to every
+            position it stands for), for heads and users that need one feature per patch.
+        seed (`int`, defaults to 0):
+            Seed of the `"random"` mode: the same seed removes the same tokens on every call. Each layer draws
+            one priority per candidate position from a generator seeded by `(seed, layer)`, shared by every row
+            of the batch, so a row loses the same tokens in any batch as alone.
+        token_order (`str`, defaults to `"spatial"`):
+            Order of the tokens after each merge: `"spatial"` keeps the kept tokens in their original relative
+            order; `"tome"` emits ToMe's order (the kept even-position tokens, [CLS] first, then all odd-position
+            tokens), which the next layer's even/odd split then runs over. `token_source` maps every input
+            token to its output token in both orders. Text encoders (padding, protected or causal tokens)
+            refuse `"tome"`.
+        llm_layers (`int` or `list[int]`, *optional*):
+            Vision-language models with a language model (LLaVA): the decoder layers (K >= 1) before which
+            image tokens are reduced inside the language model. Off (None) by default.
+        llm_keep (`int` or `list[int]`, *optional*):
+            Image tokens per image that stay after each of `llm_layers` (one count per layer, non-increasing).
+        llm_text_query (`str`, defaults to `"last"`):
+            Which text tokens give the semantic value of the image tokens inside the language model: the
+            `"last"` token of the prompt, or `"all"` text tokens (their attention rows averaged).
+
+    Example:
+
+    ```python
+    >>> from turbo_hf import TurboConfig
+    >>> config = TurboConfig(r=16, mode="turbo")
+    >>> TurboConfig.from_dict(config.to_dict()).r
+    16
+    ```
+    """
+
+    model_type = "turbo"
+
+    r: int | list[int] | None = None
+    flops_ratio: float | None = None
+    schedule: str = "constant"
+    mode: str = "turbo"
+    reduction: str = "merge"
+    alpha: float = DEFAULT_ALPHA
+    alpha_scale: str = DEFAULT_ALPHA_SCALE
+    semantic_start_layer: int = 0
+    min_tokens: int = 0
+    proportional_attention: bool = True
+    restore_output: bool = False
+    seed: int = 0
+    llm_layers: int | list[int] | None = None
+    llm_keep: int | list[int] | None = None
+    llm_text_query: str = "last"
+    token_order: str = "spatial"
+
+    def __post_init__(self, **kwargs):
+        check_setting_names(kwargs)
+        self._validate()
+        super().__post_init__(**kwargs)
+
+    def validate_settings(self) -> "TurboConfig":
+        """Check every setting again (after attribute assignments: `config.mode = "tome"`); returns `self`.
+
+        `apply_turbo` calls it, so a config changed after creation is never used unchecked.
+        """
+        self._validate()
+        return self
+
+    def _validate(self) -> None:
+        if isinstance(self.r, tuple):
+            self.r = list(self.r)
+        if isinstance(self.r, list):
+            if not self.r:
+                raise ValueError("`r` must not be an empty list.")
+            for value in self.r:
+                _non_negative_int("r", value)
+            if self.schedule != "constant":
+                raise ValueError(
+                    f"`schedule={self.schedule!r}` spreads an integer `r`; a list `r` already is a schedule: "
+                    "use `schedule='constant'`."
+                )
+        elif self.r is not None:
+            _non_negative_int("r", self.r)
+        if self.flops_ratio is not None:
+            if self.r is not None:
+                raise ValueError("Give either `r` or `flops_ratio`, not both.")
+            ratio = self.flops_ratio
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+                raise ValueError(f"`flops_ratio` must be a number in (0, 1], got {ratio!r}.")
+        self._validate_llm()
+        _allowed("schedule", self.schedule, SCHEDULES)
+        _allowed("mode", self.mode, MODES)
+        _allowed("reduction", self.reduction, REDUCTIONS)
+        _allowed("alpha_scale", self.alpha_scale, ALPHA_SCALES)
+        _allowed("token_order", self.token_order, TOKEN_ORDERS)
+        alpha = self.alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
+            raise ValueError(f"`alpha` must be a finite number >= 0, got {alpha!r}.")
+        _non_negative_int("semantic_start_layer", self.semantic_start_layer)
+        _non_negative_int("min_tokens", self.min_tokens)
+        _non_negative_int("seed", self.seed)
+        for name in ("proportional_attention", "restore_output"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
+
+    def _validate_llm(self) -> None:
+        layers, keep = self.llm_layers, self.llm_keep
+        _allowed("llm_text_query", self.llm_text_query, LLM_TEXT_QUERIES)
+        if layers is None and keep is None:
+            return
+        if layers is None or keep is None:
+            raise ValueError("`llm_layers` and `llm_keep` go together: give both or neither.")
+        layers = [layers] if isinstance(layers, int) and not isinstance(layers, bool) else list(layers)
+        keep = [keep] if isinstance(keep, int) and not isinstance(keep, bool) else list(keep)
+        for value in layers:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`llm_layers` must hold decoder layer indices >= 1, got {self.llm_layers!r}.")
+        if layers != sorted(set(layers)):
+            raise ValueError(f"`llm_layers` must be strictly increasing, got {self.llm_layers!r}.")
+        for value in keep:
+            _non_negative_int("llm_keep", value)
+        if len(keep) != len(layers):
+            raise ValueError(f"`llm_keep` needs one count per entry of `llm_layers`: {keep!r} for {layers!r}.")
+        if keep != sorted(keep, reverse=True):
+            raise ValueError(f"`llm_keep` must not increase from one layer to the next, got {keep!r}.")
+        self.llm_layers, self.llm_keep = layers, keep
+
+    def settings(self) -> dict:
+        """The Turbo settings alone (no generic `PreTrainedConfig` fields), as a dict."""
+        return {name: getattr(self, name) for name in TurboConfig.__annotations__}
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """`PreTrainedConfig.from_dict`, validated again after keyword overrides are applied."""
+        # Overrides transformers.configuration_utils.PreTrainedConfig.from_dict (v5.24)
+        result = super().from_dict(config_dict, **kwargs)
+        config = result[0] if isinstance(result, tuple) else result
+        config._validate()
+        return result
+
+    @property
+    def removes_tokens(self) -> bool:
+        """Whether these settings can remove any token (False for `r=0` and for no budget)."""
+        if self.flops_ratio is not None:
+            return self.flops_ratio < 1
+        if isinstance(self.r, list):
+            return any(self.r)
+        return bool(self.r)
+
+    @property
+    def reduces_llm_tokens(self) -> bool:
+        """Whether image tokens are also reduced inside a language model (`llm_layers`)."""
+        return self.llm_layers is not None
+
+    def score_settings(self) -> dict:
+        """The settings that decide which tokens merge, as plain values (for the merge core)."""
+        mode = self.mode
+        return {
+            "mode": mode,
+            "alpha": 0.0 if mode == "tome" else float(self.alpha),
+            "alpha_scale": self.alpha_scale,
+            "semantic_start_layer": self.semantic_start_layer,
+            "reduction": self.reduction,
+            "seed": self.seed,
+        }
+
+
+def as_turbo_config(value: TurboConfig | dict | None) -> TurboConfig:
+    """A `TurboConfig` from a config, a dict of its fields, or None (no reduction).
+
+    Duck-typed on purpose: a `TurboConfig` loaded through Hub remote code is another class object.
+    """
+    if value is None:
+        return TurboConfig()
+    if isinstance(value, dict):
+        check_setting_names(value, "`turbo_config`")
+        return TurboConfig(**{k: v for k, v in value.items() if k in TurboConfig.__annotations__})
+    if hasattr(value, "settings") and hasattr(value, "removes_tokens"):
+        config = value if isinstance(value, TurboConfig) else TurboConfig(**value.settings())
+        return config.validate_settings()
+    raise ValueError(
+        f"`turbo_config` must be a TurboConfig, a dict of its settings or None, got {type(value).__name__} "
+        f"({value!r})."
+    )
+
+
+__all__ = ["TurboConfig", "as_turbo_config", "check_setting_names", "LLM_TEXT_QUERIES", "MODES", "REDUCTIONS", "SCHEDULES", "ALPHA_SCALES"]

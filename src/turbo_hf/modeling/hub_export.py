@@ -1,0 +1,183 @@
+"""Self-contained Hub folders: `save_pretrained` of a Turbo class writes weights, a `config.json` with an
+`auto_map` for every Auto class that fits, the flat remote-code files, and a model card."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from transformers.utils import logging
+
+from .configuration_turbo import as_turbo_config
+
+logger = logging.get_logger(__name__)
+
+_RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.([A-Za-z_][A-Za-z0-9_]*)\s+import\s", re.MULTILINE)
+
+
+def remote_code_files(module_file: str | os.PathLike) -> list[Path]:
+    """A module file and every flat sibling it imports with `from .x import y`, transitively."""
+    start = Path(module_file)
+    found: dict[str, Path] = {}
+    pending = [start]
+    while pending:
+        path = pending.pop()
+        if path.name in found:
+            continue
+        found[path.name] = path
+        for name in _RELATIVE_IMPORT.findall(path.read_text()):
+            sibling = start.parent / f"{name}.py"
+            if not sibling.exists():
+                raise FileNotFoundError(f"{path.name} imports .{name}, which is not a flat sibling module.")
+            pending.append(sibling)
+    return sorted(found.values())
+
+
+def _looks_like_hub_id(name: str | None) -> bool:
+    return bool(name) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
+
+
+def model_card(
+    model_class_name: str,
+    config,
+    *,
+    auto_class: str = "AutoModel",
+    base_model: str | None = None,
+    license: str | None = None,
+    results_markdown: str | None = None,
+    sources: dict | None = None,
+) -> str:
+    """A model card (README.md) with YAML metadata, how to load the model, its Turbo settings and results."""
+    turbo = as_turbo_config(getattr(config, "turbo_config", None))
+    base_model = base_model if base_model is not None else getattr(config, "_name_or_path", None)
+    metadata = ["---", "library_name: transformers"]
+    if _looks_like_hub_id(base_model):
+        metadata.append(f"base_model: {base_model}")
+    metadata.append(f"license: {license or 'other'}")
+    metadata += ["tags:", "- turbo", "- token-merging", "- turbo-hf", f"- {type(config).model_type}", "---", ""]
+    settings = "\n".join(f"| `{name}` | `{value}` |" for name, value in turbo.settings().items())
+    lines = metadata + [
+        f"# {model_class_name} with Turbo token merging",
+        "",
+        "This folder holds a stock Hugging Face Transformers checkpoint whose encoder merges redundant tokens",
+        "with Turbo (Ju et al., ECCV 2024): no retraining, the same weights, fewer tokens per layer.",
+        f"Base model: `{base_model}`." if base_model else "",
+        "",
+        "## Load it",
+        "",
+        "```python",
+        f"from turbo_hf import {model_class_name}  # pip install turbo-hf",
+        f"model = {model_class_name}.from_pretrained(\"PATH_OR_REPO\")",
+        "```",
+        "",
+        "Without `turbo_hf` installed, the folder carries its own code:",
+        "",
+        "```python",
+        f"from transformers import {auto_class}",
+        f"model = {auto_class}.from_pretrained(\"PATH_OR_REPO\", trust_remote_code=True)",
+        "```",
+        "",
+        "Loading it with the stock class instead ignores the Turbo settings (Transformers warns about the",
+        f"`{type(config).model_type}` model type).",
+        "",
+        "## Turbo settings",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        settings,
+        "",
+    ]
+    if sources:
+        lines += ["Where the settings come from:", ""] + [f"- `{k}`: {v}" for k, v in sources.items()] + [""]
+    if results_markdown:
+        lines += ["## Measured speed and quality", "", results_markdown.strip(), ""]
+    return "\n".join(lines)
+
+
+def write_hub_folder(model, save_directory: str | os.PathLike, card: dict | None = None) -> None:
+    """Complete a folder that `save_pretrained` wrote: `auto_map`, remote-code files and the model card."""
+    folder = Path(save_directory)
+    auto_classes = dict(getattr(type(model), "turbo_auto_classes", {}))
+    config_class = type(model.config)
+    module_file = Path(sys.modules[type(model).__module__].__file__)
+    module = module_file.stem
+    auto_map = {"AutoConfig": f"{module}.{config_class.__name__}"}
+    auto_map.update({auto: f"{module}.{cls.__name__}" for auto, cls in auto_classes.items()})
+    config_path = folder / "config.json"
+    config_dict = json.loads(config_path.read_text())
+    config_dict["auto_map"] = auto_map
+    config_path.write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+    for path in remote_code_files(module_file):
+        shutil.copyfile(path, folder / path.name)
+    model.config.auto_map = auto_map
+    main_auto_class = next((auto for auto, cls in auto_classes.items() if cls is type(model)), "AutoModel")
+    card = card or {}
+    (folder / "README.md").write_text(model_card(type(model).__name__, model.config, auto_class=main_auto_class, **card))
+
+
+class TurboHubMixin:
+    """Gives Turbo model classes a `save_pretrained` that writes a self-contained Hub folder.
+
+    Example:
+
+    ```python
+    >>> import os, tempfile
+    >>> from transformers import AutoModel
+    >>> from turbo_hf import TurboConfig, TurboViTConfig, TurboViTModel
+    >>> config = TurboViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    ...                         image_size=32, patch_size=8, turbo_config=TurboConfig(r=2))
+    >>> folder = tempfile.mkdtemp()
+    >>> TurboViTModel(config).save_pretrained(folder)  # or TurboViTModel.from_pretrained(stock_checkpoint, ...)
+    >>> "modeling_turbo_vit.py" in os.listdir(folder), "README.md" in os.listdir(folder)
+    (True, True)
+    >>> type(AutoModel.from_pretrained(folder, trust_remote_code=True)).__name__
+    'TurboViTModel'
+    ```
+    """
+
+    turbo_auto_classes: dict = {}
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; a `turbo_config=` keyword is checked first (a `TurboConfig` or a
+        dict of its settings), so a wrong value fails with a clear error instead of deep inside loading."""
+        # Overrides transformers.modeling_utils.PreTrainedModel.from_pretrained (v5.24)
+        if kwargs.get("turbo_config") is not None:
+            kwargs["turbo_config"] = as_turbo_config(kwargs["turbo_config"])
+        return super().from_pretrained(*args, **kwargs)
+
+    def _initialize_weights(self, module, is_custom_code: bool = False):
+        """Initialise `module` exactly as the stock class does.
+
+        Transformers treats classes defined outside the library as custom code and then skips every module whose
+        own parameters are all marked initialised, which includes modules with no parameters of their own
+        (CLIP's and SigLIP's attention and MLP blocks, whose `_init_weights` sets their children's weights). The
+        Turbo classes run the stock `_init_weights` (through `transformers.initialization`), so they take the
+        stock path: a Turbo model built from a config equals the stock model built from the same config and seed.
+        """
+        # Overrides transformers.modeling_utils.PreTrainedModel._initialize_weights (v5.24)
+        return super()._initialize_weights(module, is_custom_code=False)
+
+    def save_pretrained(self, save_directory, *args, model_card: dict | None = None, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus `auto_map`, remote code and a model card.
+
+        Args:
+            model_card: optional `base_model`, `license`, `results_markdown` and `sources` for the model card.
+        """
+        # Overrides transformers.modeling_utils.PreTrainedModel.save_pretrained (v5.24)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if not str(getattr(type(self.config), "model_type", "")).startswith("turbo_"):
+            logger.warning(
+                f"{type(self).__name__} has a stock `{type(self.config).model_type}` config: the folder is a stock checkpoint "
+                "and does not keep the Turbo settings. Build the model from a Turbo class to publish them."
+            )
+            return result
+        write_hub_folder(self, save_directory, model_card)
+        return result
+
+
+__all__ = ["TurboHubMixin", "model_card", "remote_code_files", "write_hub_folder"]

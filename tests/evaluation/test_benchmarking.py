@@ -1,0 +1,119 @@
+"""`run_bench` and `visualize_merges` (the functions behind `turbo-hf bench` and `turbo-hf visualize`)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPConfig, CLIPModel, ViTConfig, ViTImageProcessor, ViTModel
+
+from turbo_hf import TurboConfig, apply_turbo, get_turbo_config, is_turbo_applied
+from turbo_hf.evaluation.benchmarking import bench_target, run_bench, visualize_merges
+from turbo_hf.evaluation.driver import UsageError
+
+TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared, busy machine every op then waits for
+    the other thread: run this module single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_vit() -> ViTModel:
+    torch.manual_seed(0)
+    return ViTModel(ViTConfig(**TOWER, image_size=32, patch_size=4)).eval()
+
+
+@pytest.fixture(scope="module")
+def vit_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench_vit")
+    tiny_vit().save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def test_run_bench_on_a_model_object_restores_it(tmp_path):
+    model = apply_turbo(tiny_vit(), TurboConfig(r=2))
+    result = run_bench(model, r_values=[0, 8], batch_sizes=[1, 2], modes="tome,turbo", repeats=2, warmup=1,
+                       device="cpu", out_dir=tmp_path, progress=False)
+    names = [(row["batch_size"], row["name"]) for row in result["rows"]]
+    assert names == [(b, n) for b in (1, 2) for n in ("stock", "tome r=8", "turbo r=8")]
+    for row in result["rows"]:
+        speed = row["speed"]
+        assert len(speed["latencies_ms"]) == 2 and speed["median_ms"] > 0 and speed["throughput"] > 0
+        assert speed["flops"] > 0 and speed["memory"]["peak_mb"] > 0
+    stock, tome8 = result["rows"][0], result["rows"][1]
+    assert stock["speed"]["speedup"] == 1.0 and stock["plan"]["flops_speed_limit"] == 1.0
+    assert tome8["plan"]["token_counts"] == [65, 57, 49] and tome8["plan"]["flops_speed_limit"] > 1
+    assert tome8["speed"]["flops"] < stock["speed"]["flops"]
+    assert result["target"] == "forward" and result["image_size"] == 32
+    assert get_turbo_config(model).r == 2  # the caller's patch is back
+    written = json.loads((tmp_path / "bench.json").read_text())
+    assert len(written["rows"]) == 6 and (tmp_path / "bench.png").stat().st_size > 5000
+    assert "| 2 | turbo r=8 | 49 |" in (tmp_path / "bench.md").read_text()
+
+
+def test_run_bench_from_a_folder_with_a_preset_and_another_size(vit_folder, tmp_path):
+    preset = tmp_path / "preset.json"
+    preset.write_text(json.dumps({"name": "tiny", "base_model": "x", "model_class": "TurboViTModel",
+                                  "turbo_config": {"r": 3, "mode": "turbo", "alpha": 0.3, "min_tokens": 30}}))
+    result = run_bench(str(vit_folder), r_values=[0, 16], batch_sizes=[2], modes=["turbo"], image_size=48,
+                       repeats=1, warmup=0, preset=str(preset), flops=False, progress=False)
+    turbo_row = result["rows"][1]
+    assert turbo_row["turbo_config"]["alpha"] == 0.3 and turbo_row["turbo_config"]["r"] == 16
+    assert turbo_row["plan"]["token_counts"][0] == 145 and turbo_row["plan"]["final_tokens"] >= 30  # min_tokens
+    assert "flops" not in turbo_row["speed"]
+
+
+def test_bench_target_and_bad_arguments():
+    torch.manual_seed(0)
+    text = dict(vocab_size=50, max_position_embeddings=16, **TOWER)
+    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=dict(image_size=32, patch_size=8, **TOWER),
+                                projection_dim=8)).eval()
+    assert bench_target(clip)[0] == "get_image_features"
+    assert bench_target(tiny_vit())[0] == "forward"
+    with pytest.raises(UsageError, match="Unknown mode"):
+        run_bench(tiny_vit(), modes="fast", progress=False)
+    with pytest.raises(UsageError, match="batch_sizes"):
+        run_bench(tiny_vit(), batch_sizes=[0], progress=False)
+    with pytest.raises(UsageError, match="r_values"):
+        run_bench(tiny_vit(), r_values=[-1], progress=False)
+
+
+def test_visualize_merges_draws_one_colour_per_merged_token(vit_folder, tmp_path):
+    image = tmp_path / "photo.png"
+    import skimage.data
+
+    Image.fromarray(skimage.data.astronaut()).resize((64, 64)).save(image)
+    info = visualize_merges(str(vit_folder), str(image), 6, tmp_path / "out" / "merges.png", mode="tome")
+    assert info["tokens_in"] == 65 and info["tokens_out"] == 65 - 2 * 6 and info["grid"] == [8, 8]
+    assert 1 <= info["merged_groups"] <= 12
+    picture = Image.open(info["path"])
+    assert picture.width > 2 * 256 and picture.height >= 256  # original + merges, drawn at least 256 px
+    halves = np.asarray(picture.convert("RGB"))
+    assert not np.array_equal(halves[8:264, 8:264], halves[8:264, 272:528])  # the merged half is coloured
+    with pytest.raises(UsageError, match="mode"):
+        visualize_merges(str(vit_folder), str(image), 6, tmp_path / "x.png", mode="none")
+    with pytest.raises(UsageError, match="does not exist"):
+        visualize_merges(str(vit_folder), str(tmp_path / "missing.png"), 6, tmp_path / "x.png")
+    assert not is_turbo_applied(ViTModel.from_pretrained(vit_folder))
+
+
+def test_a_device_this_torch_lacks_is_refused_before_loading(monkeypatch, tmp_path):
+    from turbo_hf.evaluation.devices import available_devices, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert available_devices()[:2] == ["auto", "cpu"] and "cuda" not in available_devices()
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(UsageError, match=r"`device` 'cuda' is not available: .*available: auto, cpu"):
+        run_bench(str(tmp_path / "never-loaded"), device="cuda", progress=False)
+    with pytest.raises(ValueError, match="'npu7' is not a torch device name"):
+        resolve_device("npu7")
