@@ -1,8 +1,8 @@
 """Turbo for BLIP on tiny random models: the vision encoder, captioning, retrieval (ITM and ITC), VQA and
 `BlipModel`; the `log(size)` bias in the text cross-attention; loading and Hub folders (with remote code).
 
-BLIP has eager attention only in Transformers 5.23 (no SDPA), so there is no eager/SDPA comparison of whole
-models; the vision attention with a bias is checked against `scaled_dot_product_attention` instead.
+BLIP's stock vision attention is eager only (no SDPA); the Turbo one goes through the attention interface, so it
+equals the stock eager output exactly at r=0 and, on SDPA, agrees with eager while merging.
 """
 
 import json
@@ -188,6 +188,19 @@ def test_turbo_vision_attention_with_a_bias_matches_sdpa():
         expected = attention.projection(expected.transpose(1, 2).reshape(2, 9, 32))
     torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
     assert probs.shape == (2, 4, 9, 9) and query.shape == keys.shape == (2, 4, 9, 8)
+
+
+def test_vision_model_on_sdpa_agrees_with_eager_while_merging():
+    torch.manual_seed(0)
+    model = apply_turbo(BlipVisionModel(BlipVisionConfig(**vision_kwargs())).eval(), TurboConfig(r=[6, 0, 9, 3]))
+    assert model.config._attn_implementation == "eager"
+    with torch.no_grad():
+        eager = model(pixel_values=pixels(2))
+        model.config._attn_implementation = "sdpa"
+        sdpa = model(pixel_values=pixels(2))
+    assert sdpa.last_hidden_state.shape[1] == TOKENS - 18
+    assert torch.equal(sdpa.token_source, eager.token_source)
+    torch.testing.assert_close(sdpa.last_hidden_state, eager.last_hidden_state, atol=1e-5, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ vision side

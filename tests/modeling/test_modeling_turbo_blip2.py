@@ -342,7 +342,8 @@ def test_stock_checkpoint_turbo_folder_auto_class_and_remote_code(tmp_path):
     assert auto_map["AutoModelForVisualQuestionAnswering"] == "modeling_turbo_blip2.TurboBlip2ForConditionalGeneration"
     assert auto_map["AutoModelForZeroShotImageClassification"] == "modeling_turbo_blip2.TurboBlip2ForImageTextRetrieval"
     files = {p.name for p in folder.iterdir()}
-    assert {"modeling_turbo_blip2.py", "modeling_turbo_clip.py", "turbo_encoder.py", "merging.py"} <= files
+    assert {"modeling_turbo_blip2.py", "turbo_qformer.py", "turbo_encoder.py", "merging.py"} <= files
+    assert "modeling_turbo_clip.py" not in files
 
     loaded = transformers.AutoModelForImageTextToText.from_pretrained(folder).eval()
     assert type(loaded) is TurboBlip2ForConditionalGeneration and isinstance(loaded.config, TurboBlip2Config)
@@ -372,7 +373,7 @@ def test_retrieval_stock_checkpoint_and_auto_class(tmp_path):
 
 def test_unmerged_tokens_with_the_stock_mask_equal_merged_tokens_with_the_bias():
     """The flex fallback: size copies of a key weigh as much as log(size) on its logit."""
-    from turbo_hf.modeling.modeling_turbo_blip2 import qformer_image_inputs
+    from turbo_hf.modeling.turbo_qformer import qformer_image_inputs
 
     model = apply_turbo(build(), r=8)
     with torch.no_grad():

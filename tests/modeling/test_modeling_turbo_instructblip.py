@@ -1,6 +1,6 @@
 """Turbo for InstructBLIP on tiny random models: exactness at r=0 (logits and generated ids), the log(size) bias
 in the instruction-aware Q-Former, batching with padding on both text inputs, stock checkpoints, the Auto class
-and remote code (whose files import the vision layers from `modeling_turbo_blip2`)."""
+and remote code (the family file and the kit: the vision layers and Q-Former inputs it shares with BLIP-2)."""
 
 import json
 
@@ -180,7 +180,9 @@ def test_stock_checkpoint_turbo_folder_auto_class_and_remote_code(tmp_path):
     assert config["model_type"] == "turbo_instructblip" and config["turbo_config"]["r"] == 8
     auto_map = config["auto_map"]
     assert auto_map["AutoModelForImageTextToText"] == "modeling_turbo_instructblip.TurboInstructBlipForConditionalGeneration"
-    assert {"modeling_turbo_instructblip.py", "modeling_turbo_blip2.py", "modeling_turbo_clip.py"} <= {p.name for p in folder.iterdir()}
+    files = {p.name for p in folder.iterdir()}
+    assert {"modeling_turbo_instructblip.py", "turbo_qformer.py", "turbo_attention.py", "turbo_layers.py"} <= files
+    assert not {"modeling_turbo_blip2.py", "modeling_turbo_clip.py"} & files
 
     loaded = transformers.AutoModelForImageTextToText.from_pretrained(folder).eval()
     assert type(loaded) is TurboInstructBlipForConditionalGeneration

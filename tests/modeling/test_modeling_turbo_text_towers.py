@@ -71,3 +71,25 @@ def test_left_padding_is_refused():
     ids, mask = text_inputs("clip")
     with pytest.raises(ValueError, match="right padding"):
         tower(input_ids=ids, attention_mask=mask.flip(1))
+
+
+@pytest.mark.parametrize("name", ["clip", "siglip"])
+def test_public_text_classes_run_alone_built_from_a_config(name):
+    from turbo_hf import TurboCLIPTextModel, TurboSiglipTextModel
+
+    turbo_class = {"clip": TurboCLIPTextModel, "siglip": TurboSiglipTextModel}[name]
+    stock = build(name, "sdpa").text_model
+    ids, mask = text_inputs(name)
+    with torch.no_grad():
+        reference = stock(input_ids=ids, attention_mask=mask).pooler_output
+        model = turbo_class(stock.config).eval()  # no `turbo_config` in the config: r=0, the stock computation
+        model.load_state_dict(stock.state_dict())
+        assert type(model) is turbo_class and model.turbo_runtime.schedule(16) == [0, 0]
+        assert torch.equal(model(input_ids=ids, attention_mask=mask).pooler_output, reference)
+
+        config = stock.config.__class__.from_dict(stock.config.to_dict())
+        config.turbo_config = TurboConfig(r=2)
+        merging = turbo_class(config).eval()
+        merging.load_state_dict(stock.state_dict())
+        out = merging(input_ids=ids, attention_mask=mask)
+    assert out.last_hidden_state.shape[1] == 12 and not torch.equal(out.pooler_output, reference)

@@ -34,9 +34,10 @@ def test_a_changed_upstream_method_names_our_copy(monkeypatch):
 
     monkeypatch.setattr(ViTLayer, "forward", forward)
     problems = check_upstream()
-    assert len(problems) == 1
-    assert "transformers.models.vit.modeling_vit.ViTLayer.forward changed" in problems[0]
-    assert "re-check turbo_hf.modeling.modeling_turbo_vit.TurboViTLayer.forward" in problems[0]
+    assert len(problems) == 2  # the ViT layer and the kit's pre-norm layer forward that it runs
+    assert all("transformers.models.vit.modeling_vit.ViTLayer.forward changed" in problem for problem in problems)
+    assert "re-check turbo_hf.modeling.modeling_turbo_vit.TurboViTLayer.forward" in problems[0] + problems[1]
+    assert "re-check turbo_hf.modeling.turbo_layers.TurboPreNormLayerMixin.forward" in problems[0] + problems[1]
     assert transformers.__version__ in problems[0]
 
 

@@ -12,16 +12,14 @@ The ViT-g vision encoder merges tokens; the Q-Former is the stock one. What chan
 - `generate()` and the retrieval `forward()` call the vision model and the Q-Former themselves in the stock
   code: they are overridden to route through the same Turbo path as `get_image_features`.
 
-InstructBLIP has copies of these vision classes; `modeling_turbo_instructblip` reuses the functions defined here.
+The attention, layer, vision forward and Q-Former inputs are the kit's (`turbo_attention`, `turbo_layers`,
+`turbo_qformer`), shared with InstructBLIP, whose vision classes are copies of these.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.blip_2.configuration_blip_2 import Blip2Config
 from transformers.models.blip_2.modeling_blip_2 import (
     Blip2Attention,
@@ -34,17 +32,13 @@ from transformers.models.blip_2.modeling_blip_2 import (
     BaseModelOutputWithVisionQformerOutputs,
     eager_attention_forward,
 )
-from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
-from transformers.utils.output_capturing import capture_outputs
+from transformers.utils.generic import can_return_tuple
 
-from .modeling_turbo_clip import pre_norm_layer_forward
 from .configuration_turbo import TurboConfig
-from .hub_export import TurboHubMixin
-from .merging import unmerge
-from .output_order import stock_field_order
-from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
-from .turbo_encoder import TurboModelOutputWithPooling, run_layers
+from .turbo_attention import TurboAttentionMixin
+from .turbo_layers import TurboModelMixin, TurboPreNormLayerMixin, TurboSelfPatchingMixin, blip_vision_forward
+from .turbo_qformer import qformer_image_inputs, qformer_vision_inputs
 
 
 class TurboBlip2Config(Blip2Config):
@@ -55,122 +49,27 @@ class TurboBlip2Config(Blip2Config):
     turbo_config: dict | TurboConfig | None = None
 
 
-def fused_qkv_attention(
-    module: nn.Module,
-    hidden_states: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    eager_fn: Callable,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """BLIP-2-style attention (fused `qkv`, `projection`) with an optional additive mask.
-
-    The same operations as the stock `Blip2Attention.forward`, which always passes `attention_mask=None`;
-    here the mask (the `log(size)` bias, or None for the stock computation) reaches the attention function.
-    Also returns the per-head queries and keys (B, H, N, Dh) that Turbo scores.
-    """
-    bsz, tgt_len, embed_dim = hidden_states.size()
-    mixed_qkv = module.qkv(hidden_states)
-    mixed_qkv = mixed_qkv.reshape(bsz, tgt_len, 3, module.num_heads, embed_dim // module.num_heads).permute(
-        2, 0, 3, 1, 4
-    )
-    query_states, key_states, value_states = mixed_qkv[0], mixed_qkv[1], mixed_qkv[2]
-    implementation = module.config._attn_implementation
-    if attention_mask is not None and implementation == "flex_attention":
-        # flex: a tensor mask goes through its `score_mask` path, which crashes on CPU (torch 2.13); its
-        # `position_bias` path indexes [b, h, q, kv] and takes the same additive bias as a broadcast view
-        kwargs["position_bias"] = attention_mask.expand(-1, module.num_heads, tgt_len, -1)
-        attention_mask = None
-    attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_fn)
-    attn_output, attn_weights = attention_interface(
-        module,
-        query_states,
-        key_states,
-        value_states,
-        attention_mask=attention_mask,
-        dropout=0.0 if not module.training else module.attention_dropout,
-        scaling=module.scale,
-        **kwargs,
-    )
-    attn_output = attn_output.reshape(bsz, tgt_len, -1).contiguous()
-    attn_output = module.projection(attn_output)
-    return attn_output, attn_weights, query_states, key_states
+class TurboBlip2Attention(TurboAttentionMixin, Blip2Attention):
+    turbo_fused_qkv, turbo_out_proj, turbo_scaling = "qkv", "projection", "scale"
+    turbo_eager = staticmethod(eager_attention_forward)
 
 
-class TurboBlip2Attention(Blip2Attention):
-    def forward(self, hidden_states, attention_mask=None, **kwargs):
-        # Copied from transformers.models.blip_2.modeling_blip_2.Blip2Attention.forward (v5.24)
-        return fused_qkv_attention(self, hidden_states, attention_mask, eager_attention_forward, **kwargs)
+class TurboBlip2EncoderLayer(TurboPreNormLayerMixin, Blip2EncoderLayer):
+    # Copied from transformers.models.blip_2.modeling_blip_2.Blip2EncoderLayer.forward (v5.24): `TurboPreNormLayerMixin.forward`
+    """The BLIP-2 vision encoder layer (CLIP's pre-norm layout) with a Turbo step (the kit's pre-norm layer)."""
 
 
-class TurboBlip2EncoderLayer(Blip2EncoderLayer):
-    # Blip2EncoderLayer is the CLIP pre-norm layer (`layer_norm1`, `self_attn`, `layer_norm2`, `mlp`)
-    # Copied from transformers.models.blip_2.modeling_blip_2.Blip2EncoderLayer.forward (v5.24)
-    forward = pre_norm_layer_forward
-
-
-@stock_field_order
-@merge_with_config_defaults
-@capture_outputs(tie_last_hidden_states=False)
-def turbo_vision_forward(
-    self, pixel_values: torch.Tensor | None = None, interpolate_pos_encoding: bool = False, **kwargs
-) -> TurboModelOutputWithPooling:
-    """`Blip2VisionModel.forward` (and InstructBLIP's copy) with the Turbo layer loop."""
-    if pixel_values is None:
-        raise ValueError("You have to specify pixel_values")
-    hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-    hidden_states, size, source = run_layers(self.encoder.layers, hidden_states, self.turbo_runtime, **kwargs)
-    last_hidden_state = self.post_layernorm(hidden_states)
-    pooled_output = last_hidden_state[:, 0, :]
-    pooled_output = self.post_layernorm(pooled_output)
-    return TurboModelOutputWithPooling(
-        last_hidden_state=last_hidden_state, pooler_output=pooled_output, token_sizes=size, token_source=source
-    )
-
-
-class TurboBlip2VisionModel(Blip2VisionModel):
+class TurboBlip2VisionModel(TurboSelfPatchingMixin, Blip2VisionModel):
     """`Blip2VisionModel` whose layers merge tokens; the output also carries token sizes and sources."""
 
     # Copied from transformers.models.blip_2.modeling_blip_2.Blip2VisionModel.forward (v5.24)
-    forward = turbo_vision_forward
-
-
-def qformer_image_inputs(
-    vision_model: nn.Module, vision_outputs, qformer: nn.Module
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The image tokens and the `encoder_attention_mask` the Q-Former cross-attends to.
-
-    - No token merged (r=0, pruning, `restore_output=True` or `proportional_attention=False`): the encoder
-      output and the stock all-ones (B, N) mask, so the Q-Former computes exactly what it does in the stock
-      model.
-    - Tokens merged: the merged tokens and the `log(size)` bias as a 4D float mask (B, 1, 1, N') in the
-      Q-Former's dtype; the Q-Former's mask builder passes a 4D mask through unchanged to its cross-attention,
-      and eager and SDPA add it to the logits.
-    - Tokens merged and a Q-Former on `flex_attention`, which reads a tensor mask through a `score_mask`
-      path that crashes on CPU: the merged tokens unmerged (each copied to every patch it holds) with the
-      stock mask. Softmax over `size` copies of a key equals adding `log(size)` to its logit, so this is the
-      same proportional attention, at the cost of cross-attention keys for all N tokens.
-    """
-    image_embeds = vision_outputs.last_hidden_state
-    sizes = getattr(vision_outputs, "token_sizes", None)
-    source = getattr(vision_outputs, "token_source", None)
-    runtime = getattr(vision_model, "turbo_runtime", None)
-    bias = runtime.output_bias(sizes, source, qformer_dtype(qformer)) if runtime is not None else None
-    if bias is not None and qformer.config._attn_implementation == "flex_attention":
-        image_embeds = unmerge(image_embeds, source)
-    elif bias is not None:
-        return image_embeds, bias.to(image_embeds.device)
-    return image_embeds, torch.ones(image_embeds.size()[:-1], dtype=torch.long, device=image_embeds.device)
-
-
-def qformer_dtype(qformer: nn.Module) -> torch.dtype:
-    """The dtype the Q-Former computes in (BLIP-2 keeps it in float32)."""
-    return next(qformer.parameters()).dtype
+    forward = blip_vision_forward
 
 
 _NO_SPLIT = [*Blip2PreTrainedModel._no_split_modules, "TurboBlip2Attention", "TurboBlip2EncoderLayer"]
 
 
-class TurboBlip2ForConditionalGeneration(TurboHubMixin, Blip2ForConditionalGeneration):
+class TurboBlip2ForConditionalGeneration(TurboModelMixin, Blip2ForConditionalGeneration):
     """`Blip2ForConditionalGeneration` whose vision encoder merges tokens with Turbo.
 
     The Q-Former cross-attends to the merged tokens with the `log(size)` bias; `forward`, `get_image_features`
@@ -200,10 +99,6 @@ class TurboBlip2ForConditionalGeneration(TurboHubMixin, Blip2ForConditionalGener
     config_class = TurboBlip2Config
     _no_split_modules = _NO_SPLIT
 
-    def __init__(self, config: Blip2Config):
-        super().__init__(config)
-        apply_turbo_from_config(self)
-
     @can_return_tuple
     def get_image_features(
         self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None = False, **kwargs
@@ -213,19 +108,9 @@ class TurboBlip2ForConditionalGeneration(TurboHubMixin, Blip2ForConditionalGener
         `vision_outputs` carries `token_sizes` and `token_source`.
         """
         # Copied from transformers.models.blip_2.modeling_blip_2.Blip2ForConditionalGeneration.get_image_features (v5.24)
-        vision_outputs = self.vision_model(
-            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
+        outputs, image_embeds, image_attention_mask, query_tokens = qformer_vision_inputs(
+            self, pixel_values, interpolate_pos_encoding, BaseModelOutputWithVisionQformerOutputs, **kwargs
         )
-        outputs = BaseModelOutputWithVisionQformerOutputs(
-            last_hidden_state=vision_outputs.last_hidden_state,
-            pooler_output=vision_outputs.pooler_output,
-            hidden_states=vision_outputs.hidden_states,
-            attentions=vision_outputs.attentions,
-            vision_outputs=vision_outputs,
-            qformer_outputs=None,
-        )
-        image_embeds, image_attention_mask = qformer_image_inputs(self.vision_model, vision_outputs, self.qformer)
-        query_tokens = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
         qformer_outputs = self.qformer(
             query_embeds=query_tokens,
             encoder_hidden_states=image_embeds,
@@ -278,7 +163,7 @@ class TurboBlip2ForConditionalGeneration(TurboHubMixin, Blip2ForConditionalGener
         return self.language_model.generate(**inputs, **generate_kwargs)
 
 
-class TurboBlip2ForImageTextRetrieval(TurboHubMixin, Blip2ForImageTextRetrieval):
+class TurboBlip2ForImageTextRetrieval(TurboModelMixin, Blip2ForImageTextRetrieval):
     """`Blip2ForImageTextRetrieval` (ITM through the Q-Former, and ITC) with Turbo in the vision encoder.
 
     Both heads read the Q-Former, which cross-attends to the merged image tokens with the `log(size)` bias.
@@ -286,10 +171,6 @@ class TurboBlip2ForImageTextRetrieval(TurboHubMixin, Blip2ForImageTextRetrieval)
 
     config_class = TurboBlip2Config
     _no_split_modules = _NO_SPLIT
-
-    def __init__(self, config: Blip2Config):
-        super().__init__(config)
-        apply_turbo_from_config(self)
 
     def forward(
         self,
@@ -420,8 +301,4 @@ __all__ = [
     "TurboBlip2ForConditionalGeneration",
     "TurboBlip2ForImageTextRetrieval",
     "TurboBlip2VisionModel",
-    "fused_qkv_attention",
-    "qformer_dtype",
-    "qformer_image_inputs",
-    "turbo_vision_forward",
 ]

@@ -20,12 +20,12 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_turbo import TurboConfig
-from .hub_export import TurboHubMixin
 from .merging import unmerge
 from .output_order import stock_field_order
-from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
-from .turbo_encoder import LayerStep, TurboModelOutputWithPooling, ProjectedAttentionMixin, run_layers
+from .turbo_attention import TurboAttentionMixin
+from .turbo_encoder import TurboModelOutputWithPooling, run_layers
+from .turbo_layers import TurboModelMixin, TurboPreNormLayerMixin, turbo_output
 
 
 class TurboCLIPConfig(CLIPConfig):
@@ -44,43 +44,21 @@ class TurboCLIPVisionConfig(CLIPVisionConfig):
     turbo_config: dict | TurboConfig | None = None
 
 
-class TurboCLIPAttention(ProjectedAttentionMixin, CLIPAttention):
+class TurboCLIPAttention(TurboAttentionMixin, CLIPAttention):
     turbo_out_proj, turbo_scaling, turbo_dropout = "out_proj", "scale", "dropout"
     turbo_eager = staticmethod(eager_attention_forward)
 
 
-def pre_norm_layer_forward(layer, hidden_states, size, source, step: LayerStep, attention_mask=None, **kwargs):
-    """A CLIP-style pre-norm layer (`layer_norm1`, `self_attn`, `layer_norm2`, `mlp`) with a Turbo step."""
-    bias = step.attention_bias(size, hidden_states.dtype)
-    residual = hidden_states
-    hidden_states = layer.layer_norm1(hidden_states)
-    hidden_states, _, query, keys = layer.self_attn(
-        hidden_states=hidden_states, attention_mask=bias if bias is not None else attention_mask, **kwargs
-    )
-    hidden_states = residual + hidden_states
-    hidden_states, size, source = step.reduce(hidden_states, size, source, query, keys, layer.self_attn.scale, bias)
-
-    residual = hidden_states
-    hidden_states = layer.layer_norm2(hidden_states)
-    hidden_states = layer.mlp(hidden_states)
-    hidden_states = residual + hidden_states
-    return hidden_states, size, source
+class TurboCLIPEncoderLayer(TurboPreNormLayerMixin, CLIPEncoderLayer):
+    # Copied from transformers.models.clip.modeling_clip.CLIPEncoderLayer.forward (v5.24): `TurboPreNormLayerMixin.forward`
+    """The CLIP encoder layer with a Turbo step (the kit's pre-norm layer, CLIP's attribute names)."""
 
 
-class TurboCLIPEncoderLayer(CLIPEncoderLayer):
-    # Copied from transformers.models.clip.modeling_clip.CLIPEncoderLayer.forward (v5.24)
-    forward = pre_norm_layer_forward
-
-
-class TurboCLIPVisionModel(TurboHubMixin, CLIPVisionModel):
+class TurboCLIPVisionModel(TurboModelMixin, CLIPVisionModel):
     """`CLIPVisionModel` whose layers merge tokens with Turbo; the output also carries token sizes and sources."""
 
     config_class = TurboCLIPVisionConfig
     _no_split_modules = ["CLIPVisionEmbeddings", "TurboCLIPEncoderLayer"]
-
-    def __init__(self, config: CLIPVisionConfig):
-        super().__init__(config)
-        apply_turbo_from_config(self)
 
     @stock_field_order
     @merge_with_config_defaults
@@ -93,12 +71,10 @@ class TurboCLIPVisionModel(TurboHubMixin, CLIPVisionModel):
         hidden_states = self.pre_layrnorm(hidden_states)
         hidden_states, size, source = run_layers(self.encoder.layers, hidden_states, self.turbo_runtime, **kwargs)
         pooled_output = self.post_layernorm(hidden_states[:, 0, :])
-        return TurboModelOutputWithPooling(
-            last_hidden_state=hidden_states, pooler_output=pooled_output, token_sizes=size, token_source=source
-        )
+        return turbo_output(hidden_states, pooled_output, size, source)
 
 
-class TurboCLIPModel(TurboHubMixin, CLIPModel):
+class TurboCLIPModel(TurboModelMixin, CLIPModel):
     """`CLIPModel` with Turbo in its vision tower; the text tower is the stock one.
 
     Example:
@@ -117,31 +93,19 @@ class TurboCLIPModel(TurboHubMixin, CLIPModel):
     config_class = TurboCLIPConfig
     _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings", "TurboCLIPEncoderLayer"]
 
-    def __init__(self, config: CLIPConfig):
-        super().__init__(config)
-        apply_turbo_from_config(self)
 
-
-class TurboCLIPVisionModelWithProjection(TurboHubMixin, CLIPVisionModelWithProjection):
+class TurboCLIPVisionModelWithProjection(TurboModelMixin, CLIPVisionModelWithProjection):
     """`CLIPVisionModelWithProjection` with Turbo in its vision tower."""
 
     config_class = TurboCLIPVisionConfig
     _no_split_modules = ["CLIPVisionEmbeddings", "TurboCLIPEncoderLayer"]
 
-    def __init__(self, config: CLIPVisionConfig):
-        super().__init__(config)
-        apply_turbo_from_config(self)
 
-
-class TurboCLIPForImageClassification(TurboHubMixin, CLIPForImageClassification):
+class TurboCLIPForImageClassification(TurboModelMixin, CLIPForImageClassification):
     """The stock head on the patch mean, taken over the unmerged patches (a size-weighted mean)."""
 
     config_class = TurboCLIPConfig
     _no_split_modules = ["CLIPVisionEmbeddings", "TurboCLIPEncoderLayer"]
-
-    def __init__(self, config: CLIPConfig):
-        super().__init__(config)
-        apply_turbo_from_config(self)
 
     @can_return_tuple
     def forward(self, pixel_values=None, labels=None, **kwargs) -> ImageClassifierOutput:

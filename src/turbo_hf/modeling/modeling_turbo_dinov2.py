@@ -17,18 +17,11 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_turbo import TurboConfig
-from .hub_export import TurboHubMixin
 from .merging import unmerge
-from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
-from .turbo_encoder import (
-    LayerStep,
-    ProjectedAttentionMixin,
-    TurboModelOutputWithPooling,
-    TurboRuntime,
-    run_layers,
-    vision_attention_mask,
-)
+from .turbo_attention import TurboAttentionMixin
+from .turbo_encoder import TurboModelOutputWithPooling, TurboRuntime, run_layers
+from .turbo_layers import TurboModelMixin, TurboPreNormLayerMixin, vision_attention_mask
 
 
 class TurboDinov2Config(Dinov2Config):
@@ -39,31 +32,14 @@ class TurboDinov2Config(Dinov2Config):
     turbo_config: dict | TurboConfig | None = None
 
 
-class TurboDinov2Attention(ProjectedAttentionMixin, Dinov2Attention):
+class TurboDinov2Attention(TurboAttentionMixin, Dinov2Attention):
     turbo_eager = staticmethod(eager_attention_forward)
 
 
-class TurboDinov2Layer(Dinov2Layer):
-    def forward(self, hidden_states, size, source, step: LayerStep, attention_mask=None, **kwargs):
-        # Copied from transformers.models.dinov2.modeling_dinov2.Dinov2Layer.forward (v5.24)
-        bias = step.attention_bias(size, hidden_states.dtype)
-        residual = hidden_states
-        hidden_states = self.norm1(hidden_states)
-        hidden_states, _, query, keys = self.attention(
-            hidden_states, attention_mask=bias if bias is not None else attention_mask, **kwargs
-        )
-        hidden_states = self.layer_scale1(hidden_states)
-        hidden_states = self.drop_path(hidden_states) + residual
-        hidden_states, size, source = step.reduce(
-            hidden_states, size, source, query, keys, self.attention.scaling, bias
-        )
-
-        residual = hidden_states
-        hidden_states = self.norm2(hidden_states)
-        hidden_states = self.mlp(hidden_states)
-        hidden_states = self.layer_scale2(hidden_states)
-        hidden_states = self.drop_path(hidden_states) + residual
-        return hidden_states, size, source
+class TurboDinov2Layer(TurboPreNormLayerMixin, Dinov2Layer):
+    # Copied from transformers.models.dinov2.modeling_dinov2.Dinov2Layer.forward (v5.24): `TurboPreNormLayerMixin.forward`
+    turbo_norms, turbo_attention = ("norm1", "norm2"), "attention"
+    turbo_attention_out, turbo_mlp_out = ("layer_scale1", "drop_path"), ("layer_scale2", "drop_path")
 
 
 @merge_with_config_defaults
@@ -83,7 +59,7 @@ def encoder_forward(
     return TurboModelOutputWithPooling(last_hidden_state=hidden_states, token_sizes=size, token_source=source)
 
 
-class TurboDinov2Model(TurboHubMixin, Dinov2Model):
+class TurboDinov2Model(TurboModelMixin, Dinov2Model):
     """`Dinov2Model` whose layers merge tokens with Turbo; the output also carries `token_sizes`/`token_source`.
 
     Example:
@@ -99,10 +75,6 @@ class TurboDinov2Model(TurboHubMixin, Dinov2Model):
 
     config_class = TurboDinov2Config
     _no_split_modules = ["Dinov2Embeddings", "TurboDinov2Layer"]
-
-    def __init__(self, config: Dinov2Config):
-        super().__init__(config)
-        apply_turbo_from_config(self)
 
     @can_return_tuple
     def forward(
@@ -127,15 +99,11 @@ class TurboDinov2Model(TurboHubMixin, Dinov2Model):
         )
 
 
-class TurboDinov2ForImageClassification(TurboHubMixin, Dinov2ForImageClassification):
+class TurboDinov2ForImageClassification(TurboModelMixin, Dinov2ForImageClassification):
     """The stock head on [CLS] and the patch mean, taken over the unmerged patches (a size-weighted mean)."""
 
     config_class = TurboDinov2Config
     _no_split_modules = ["Dinov2Embeddings", "TurboDinov2Layer"]
-
-    def __init__(self, config: Dinov2Config):
-        super().__init__(config)
-        apply_turbo_from_config(self)
 
     @can_return_tuple
     def forward(self, pixel_values=None, labels=None, attention_mask=None, **kwargs) -> ImageClassifierOutput:

@@ -1,7 +1,7 @@
 """Turbo for InstructBLIP (`InstructBlipForConditionalGeneration`, `InstructBlipVisionModel`).
 
 InstructBLIP's vision classes are copies of BLIP-2's (fused `qkv`, `attention_mask=None` hard-coded), so
-the Turbo attention, layer and vision forward come from `modeling_turbo_blip2`. The instruction-aware Q-Former
+the Turbo attention, layer, vision forward and Q-Former inputs are the kit's, as in BLIP-2. The instruction-aware Q-Former
 cross-attends to the merged image tokens with the `log(size)` bias as a 4D float `encoder_attention_mask`
 (the stock all-ones mask when nothing merged). `generate()` goes through `get_image_features`, the one
 method overridden on the public class.
@@ -23,12 +23,11 @@ from transformers.models.instructblip.modeling_instructblip import (
 )
 from transformers.utils.generic import can_return_tuple
 
-from .modeling_turbo_blip2 import fused_qkv_attention, qformer_image_inputs, turbo_vision_forward
-from .modeling_turbo_clip import pre_norm_layer_forward
 from .configuration_turbo import TurboConfig
-from .hub_export import TurboHubMixin
-from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
+from .turbo_attention import TurboAttentionMixin
+from .turbo_layers import TurboModelMixin, TurboPreNormLayerMixin, TurboSelfPatchingMixin, blip_vision_forward
+from .turbo_qformer import qformer_vision_inputs
 
 
 class TurboInstructBlipConfig(InstructBlipConfig):
@@ -39,25 +38,24 @@ class TurboInstructBlipConfig(InstructBlipConfig):
     turbo_config: dict | TurboConfig | None = None
 
 
-class TurboInstructBlipAttention(InstructBlipAttention):
-    def forward(self, hidden_states, attention_mask=None, **kwargs):
-        # Copied from transformers.models.instructblip.modeling_instructblip.InstructBlipAttention.forward (v5.24)
-        return fused_qkv_attention(self, hidden_states, attention_mask, eager_attention_forward, **kwargs)
+class TurboInstructBlipAttention(TurboAttentionMixin, InstructBlipAttention):
+    turbo_fused_qkv, turbo_out_proj, turbo_scaling = "qkv", "projection", "scale"
+    turbo_eager = staticmethod(eager_attention_forward)
 
 
-class TurboInstructBlipEncoderLayer(InstructBlipEncoderLayer):
-    # Copied from transformers.models.instructblip.modeling_instructblip.InstructBlipEncoderLayer.forward (v5.24)
-    forward = pre_norm_layer_forward
+class TurboInstructBlipEncoderLayer(TurboPreNormLayerMixin, InstructBlipEncoderLayer):
+    # Copied from transformers.models.instructblip.modeling_instructblip.InstructBlipEncoderLayer.forward (v5.24): `TurboPreNormLayerMixin.forward`
+    """The InstructBLIP vision encoder layer with a Turbo step (the kit's pre-norm layer)."""
 
 
-class TurboInstructBlipVisionModel(InstructBlipVisionModel):
+class TurboInstructBlipVisionModel(TurboSelfPatchingMixin, InstructBlipVisionModel):
     """`InstructBlipVisionModel` whose layers merge tokens; the output also carries token sizes and sources."""
 
     # Copied from transformers.models.instructblip.modeling_instructblip.InstructBlipVisionModel.forward (v5.24)
-    forward = turbo_vision_forward
+    forward = blip_vision_forward
 
 
-class TurboInstructBlipForConditionalGeneration(TurboHubMixin, InstructBlipForConditionalGeneration):
+class TurboInstructBlipForConditionalGeneration(TurboModelMixin, InstructBlipForConditionalGeneration):
     """`InstructBlipForConditionalGeneration` whose vision encoder merges tokens with Turbo.
 
     The Q-Former (queries and instruction) cross-attends to the merged tokens with the `log(size)` bias;
@@ -70,10 +68,6 @@ class TurboInstructBlipForConditionalGeneration(TurboHubMixin, InstructBlipForCo
         "TurboInstructBlipAttention",
         "TurboInstructBlipEncoderLayer",
     ]
-
-    def __init__(self, config: InstructBlipConfig):
-        super().__init__(config)
-        apply_turbo_from_config(self)
 
     @can_return_tuple
     def get_image_features(
@@ -89,18 +83,9 @@ class TurboInstructBlipForConditionalGeneration(TurboHubMixin, InstructBlipForCo
         `vision_outputs` carries `token_sizes` and `token_source`.
         """
         # Copied from transformers.models.instructblip.modeling_instructblip.InstructBlipForConditionalGeneration.get_image_features (v5.24)
-        vision_outputs = self.vision_model(
-            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
+        outputs, image_embeds, image_attention_mask, query_tokens = qformer_vision_inputs(
+            self, pixel_values, interpolate_pos_encoding, BaseModelOutputWithVisionQformerOutputs, **kwargs
         )
-        outputs = BaseModelOutputWithVisionQformerOutputs(
-            last_hidden_state=vision_outputs.last_hidden_state,
-            pooler_output=vision_outputs.pooler_output,
-            hidden_states=vision_outputs.hidden_states,
-            attentions=vision_outputs.attentions,
-            vision_outputs=vision_outputs,
-        )
-        image_embeds, image_attention_mask = qformer_image_inputs(self.vision_model, vision_outputs, self.qformer)
-        query_tokens = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
         query_attention_mask = torch.ones(query_tokens.size()[:-1], dtype=torch.long, device=image_embeds.device)
         if qformer_attention_mask is None:
             qformer_attention_mask = torch.ones_like(qformer_input_ids)

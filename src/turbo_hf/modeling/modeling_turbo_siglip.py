@@ -23,14 +23,13 @@ from transformers.models.siglip.modeling_siglip import (
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .modeling_turbo_clip import pre_norm_layer_forward
 from .configuration_turbo import TurboConfig
-from .hub_export import TurboHubMixin
 from .merging import unmerge
 from .output_order import stock_field_order
-from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
-from .turbo_encoder import TurboModelOutputWithPooling, ProjectedAttentionMixin, run_layers
+from .turbo_attention import TurboAttentionMixin
+from .turbo_encoder import TurboModelOutputWithPooling, run_layers
+from .turbo_layers import TurboModelMixin, TurboPreNormLayerMixin, turbo_output
 
 
 class TurboSiglipConfig(SiglipConfig):
@@ -49,14 +48,14 @@ class TurboSiglipVisionConfig(SiglipVisionConfig):
     turbo_config: dict | TurboConfig | None = None
 
 
-class TurboSiglipAttention(ProjectedAttentionMixin, SiglipAttention):
+class TurboSiglipAttention(TurboAttentionMixin, SiglipAttention):
     turbo_out_proj, turbo_scaling, turbo_dropout = "out_proj", "scale", "dropout"
     turbo_eager = staticmethod(eager_attention_forward)
 
 
-class TurboSiglipEncoderLayer(SiglipEncoderLayer):
-    # Copied from transformers.models.siglip.modeling_siglip.SiglipEncoderLayer.forward (v5.24)
-    forward = pre_norm_layer_forward
+class TurboSiglipEncoderLayer(TurboPreNormLayerMixin, SiglipEncoderLayer):
+    # Copied from transformers.models.siglip.modeling_siglip.SiglipEncoderLayer.forward (v5.24): `TurboPreNormLayerMixin.forward`
+    """The SigLIP encoder layer with a Turbo step (the kit's pre-norm layer, SigLIP's attribute names)."""
 
 
 class TurboSiglipMultiheadAttentionPoolingHead(SiglipMultiheadAttentionPoolingHead):
@@ -74,15 +73,11 @@ class TurboSiglipMultiheadAttentionPoolingHead(SiglipMultiheadAttentionPoolingHe
         return hidden_state[:, 0]
 
 
-class TurboSiglipVisionModel(TurboHubMixin, SiglipVisionModel):
+class TurboSiglipVisionModel(TurboModelMixin, SiglipVisionModel):
     """`SiglipVisionModel` whose layers merge tokens with Turbo; the output also carries token sizes and sources."""
 
     config_class = TurboSiglipVisionConfig
     _no_split_modules = ["SiglipVisionEmbeddings", "TurboSiglipEncoderLayer", "TurboSiglipMultiheadAttentionPoolingHead"]
-
-    def __init__(self, config: SiglipVisionConfig):
-        super().__init__(config)
-        apply_turbo_from_config(self)
 
     @stock_field_order
     @merge_with_config_defaults
@@ -96,31 +91,21 @@ class TurboSiglipVisionModel(TurboHubMixin, SiglipVisionModel):
         last_hidden_state = self.post_layernorm(hidden_states)
         bias = self.turbo_runtime.output_bias(size, source, last_hidden_state.dtype)
         pooler_output = self.head(last_hidden_state, bias) if self.use_head else None
-        return TurboModelOutputWithPooling(
-            last_hidden_state=last_hidden_state, pooler_output=pooler_output, token_sizes=size, token_source=source
-        )
+        return turbo_output(last_hidden_state, pooler_output, size, source)
 
 
-class TurboSiglipModel(TurboHubMixin, SiglipModel):
+class TurboSiglipModel(TurboModelMixin, SiglipModel):
     """`SiglipModel` with Turbo in its vision tower; the text tower is the stock one."""
 
     config_class = TurboSiglipConfig
     _no_split_modules = ["SiglipTextEmbeddings", "SiglipEncoderLayer", "SiglipVisionEmbeddings", "TurboSiglipEncoderLayer"]
 
-    def __init__(self, config: SiglipConfig):
-        super().__init__(config)
-        apply_turbo_from_config(self)
 
-
-class TurboSiglipForImageClassification(TurboHubMixin, SiglipForImageClassification):
+class TurboSiglipForImageClassification(TurboModelMixin, SiglipForImageClassification):
     """The stock head on the token mean, taken over the unmerged tokens (a size-weighted mean)."""
 
     config_class = TurboSiglipConfig
     _no_split_modules = ["SiglipVisionEmbeddings", "TurboSiglipEncoderLayer"]
-
-    def __init__(self, config: SiglipConfig):
-        super().__init__(config)
-        apply_turbo_from_config(self)
 
     @can_return_tuple
     def forward(self, pixel_values=None, labels=None, interpolate_pos_encoding=False, **kwargs):

@@ -29,6 +29,7 @@ from .modeling_turbo_siglip import TurboSiglipAttention
 from .output_order import stock_field_order
 from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import LayerStep
+from .turbo_layers import TurboSelfPatchingMixin
 from .turbo_text import reduce_text, run_text_layers, text_attention_bias
 
 
@@ -82,8 +83,9 @@ def _pooled_token(output_hidden, source, pooled):
     return output_hidden[torch.arange(output_hidden.shape[0], device=output_hidden.device), index]
 
 
-class TurboCLIPTextModel(CLIPTextModel):
-    """`CLIPTextModel` whose layers merge tokens with Turbo (causal, EOS protected)."""
+class TurboCLIPTextModel(TurboSelfPatchingMixin, CLIPTextModel):
+    """`CLIPTextModel` whose layers merge tokens with Turbo (causal, EOS protected); built from a config, it takes
+    its settings from `config.turbo_config` (none: r=0, the stock computation)."""
 
     @stock_field_order
     @merge_with_config_defaults
@@ -111,8 +113,9 @@ class TurboCLIPTextModel(CLIPTextModel):
         )
 
 
-class TurboSiglipTextModel(SiglipTextModel):
-    """`SiglipTextModel` whose layers merge tokens with Turbo (the pooled last token protected)."""
+class TurboSiglipTextModel(TurboSelfPatchingMixin, SiglipTextModel):
+    """`SiglipTextModel` whose layers merge tokens with Turbo (the pooled last token protected); built from a
+    config, it takes its settings from `config.turbo_config` (none: r=0, the stock computation)."""
 
     @stock_field_order
     @merge_with_config_defaults

@@ -15,17 +15,11 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_turbo import TurboConfig
-from .hub_export import TurboHubMixin
-from .patching import apply_turbo_from_config
 from .output_order import stock_field_order
 from .registry import FamilyAdapter, register_adapter
-from .turbo_encoder import (
-    LayerStep,
-    ProjectedAttentionMixin,
-    TurboModelOutputWithPooling,
-    run_layers,
-    vision_attention_mask,
-)
+from .turbo_attention import TurboAttentionMixin
+from .turbo_encoder import TurboModelOutputWithPooling, run_layers
+from .turbo_layers import TurboModelMixin, TurboPreNormLayerMixin, turbo_output, vision_attention_mask
 
 
 class TurboViTConfig(ViTConfig):
@@ -36,32 +30,17 @@ class TurboViTConfig(ViTConfig):
     turbo_config: dict | TurboConfig | None = None
 
 
-class TurboViTAttention(ProjectedAttentionMixin, ViTAttention):
+class TurboViTAttention(TurboAttentionMixin, ViTAttention):
     turbo_eager = staticmethod(eager_attention_forward)
 
 
-class TurboViTLayer(ViTLayer):
-    def forward(self, hidden_states, size, source, step: LayerStep, attention_mask=None, **kwargs):
-        # Copied from transformers.models.vit.modeling_vit.ViTLayer.forward (v5.24)
-        bias = step.attention_bias(size, hidden_states.dtype)
-        residual = hidden_states
-        hidden_states = self.layernorm_before(hidden_states)
-        hidden_states, _, query, keys = self.attention(
-            hidden_states, bias if bias is not None else attention_mask, **kwargs
-        )
-        hidden_states = self.dropout(hidden_states) + residual
-        hidden_states, size, source = step.reduce(
-            hidden_states, size, source, query, keys, self.attention.scaling, bias
-        )
-
-        residual = hidden_states
-        hidden_states = self.layernorm_after(hidden_states)
-        hidden_states = self.mlp(hidden_states)
-        hidden_states = self.dropout(hidden_states) + residual
-        return hidden_states, size, source
+class TurboViTLayer(TurboPreNormLayerMixin, ViTLayer):
+    # Copied from transformers.models.vit.modeling_vit.ViTLayer.forward (v5.24): `TurboPreNormLayerMixin.forward`
+    turbo_norms, turbo_attention = ("layernorm_before", "layernorm_after"), "attention"
+    turbo_attention_out = turbo_mlp_out = ("dropout",)
 
 
-class TurboViTModel(TurboHubMixin, ViTModel):
+class TurboViTModel(TurboModelMixin, ViTModel):
     """`ViTModel` whose layers merge tokens with Turbo; the output also carries `token_sizes`/`token_source`.
 
     Example:
@@ -77,10 +56,6 @@ class TurboViTModel(TurboHubMixin, ViTModel):
 
     config_class = TurboViTConfig
     _no_split_modules = ["ViTEmbeddings", "TurboViTLayer"]
-
-    def __init__(self, config: ViTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
-        super().__init__(config, add_pooling_layer=add_pooling_layer, use_mask_token=use_mask_token)
-        apply_turbo_from_config(self)
 
     @stock_field_order
     @merge_with_config_defaults
@@ -106,20 +81,14 @@ class TurboViTModel(TurboHubMixin, ViTModel):
         )
         sequence_output = self.layernorm(hidden_states)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
-        return TurboModelOutputWithPooling(
-            last_hidden_state=sequence_output, pooler_output=pooled_output, token_sizes=size, token_source=source
-        )
+        return turbo_output(sequence_output, pooled_output, size, source)
 
 
-class TurboViTForImageClassification(TurboHubMixin, ViTForImageClassification):
+class TurboViTForImageClassification(TurboModelMixin, ViTForImageClassification):
     """`ViTForImageClassification` with Turbo in its encoder (the head reads [CLS], which never merges)."""
 
     config_class = TurboViTConfig
     _no_split_modules = ["ViTEmbeddings", "TurboViTLayer"]
-
-    def __init__(self, config: ViTConfig):
-        super().__init__(config)
-        apply_turbo_from_config(self)
 
 
 AUTO_CLASSES = {"AutoModel": TurboViTModel, "AutoModelForImageClassification": TurboViTForImageClassification}

@@ -1,21 +1,18 @@
 """Glue between the merge core and a transformer encoder: per-layer steps, the layer loop, outputs.
 
 Nothing here names a model family. A family adapter gives its layers a forward that runs attention with
-`projected_attention`, calls `LayerStep.reduce` between attention and MLP, and returns
+`turbo_attention.TurboAttentionMixin`, calls `LayerStep.reduce` between attention and MLP, and returns
 `(hidden_states, size, source)`; `run_layers` carries that state from layer to layer explicitly, so
 gradient checkpointing recomputes every layer with the sizes it saw.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 
 from .configuration_turbo import TurboConfig
@@ -52,6 +49,16 @@ class TurboModelOutputWithPooling(BaseModelOutputWithPooling):
     token_source: torch.Tensor | None = None
 
 
+def merged_key_bias(
+    size: torch.Tensor, merged: bool, proportional_attention: bool, reduction: str, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """The one bias rule: the `log(size)` key bias (B, 1, 1, N) once tokens have merged, with proportional attention
+    on and `reduction="merge"`; None otherwise, so attention computes exactly what the stock model does."""
+    if merged and proportional_attention and reduction == "merge":
+        return proportional_bias(size, dtype)
+    return None
+
+
 @dataclass(frozen=True)
 class LayerStep:
     """What one layer does after attention: remove `r` tokens with the given settings.
@@ -75,9 +82,7 @@ class LayerStep:
 
     def attention_bias(self, size: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
         """The `log(size)` logits bias once tokens have merged; None before (the stock computation)."""
-        if self.merged_before and self.proportional_attention and self.reduction == "merge":
-            return proportional_bias(size, dtype)
-        return None
+        return merged_key_bias(size, self.merged_before, self.proportional_attention, self.reduction, dtype)
 
     def _summary(
         self, query: torch.Tensor, size: torch.Tensor, summary_index: torch.Tensor | None = None
@@ -171,12 +176,10 @@ class TurboRuntime:
         """The `log(size)` key bias, (B, 1, 1, N'), that a consumer of the encoder's merged output needs
         (cross-attention, attention pooling); None when no token merged or proportional attention is off, so
         the consumer computes exactly what it does in the stock model."""
-        config = self.config
-        if size is None or source is None or not config.proportional_attention or config.reduction != "merge":
+        if size is None or source is None:
             return None
-        if size.shape[1] == source.shape[1]:
-            return None
-        return proportional_bias(size, dtype)
+        merged = size.shape[1] != source.shape[1]
+        return merged_key_bias(size, merged, self.config.proportional_attention, self.config.reduction, dtype)
 
     def schedule(self, num_tokens: int) -> list[int]:
         """Tokens removed by each layer for an input of `num_tokens` tokens.
@@ -241,72 +244,6 @@ class TurboRuntime:
         return steps
 
 
-def projected_attention(
-    module: nn.Module,
-    hidden_states: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    *,
-    out_proj: nn.Module,
-    scaling: float,
-    dropout: float,
-    eager_fn: Callable,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """Attention of a module with `q_proj`, `k_proj`, `v_proj` through the attention interface.
-
-    The same operations as the stock Transformers attention of ViT, DINOv2, CLIP and SigLIP, so that with no
-    bias it gives identical results; it also returns the queries and keys (B, H, N, Dh) that Turbo scores.
-    """
-    input_shape = hidden_states.shape[:-1]
-    hidden_shape = (*input_shape, -1, module.head_dim)
-    query = module.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-    keys = module.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-    values = module.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-    interface = ALL_ATTENTION_FUNCTIONS.get_interface(module.config._attn_implementation, eager_fn)
-    output, weights = interface(
-        module,
-        query,
-        keys,
-        values,
-        attention_mask,
-        dropout=0.0 if not module.training else dropout,
-        scaling=scaling,
-        **kwargs,
-    )
-    output = out_proj(output.reshape(*input_shape, -1).contiguous())
-    return output, weights, query, keys
-
-
-class ProjectedAttentionMixin:
-    """Turbo forward for attention modules with `q_proj`, `k_proj`, `v_proj` (ViT, DINOv2, CLIP, SigLIP).
-
-    A subclass names its output projection, scaling and dropout attributes and its family's eager function;
-    the forward returns `(output, weights, queries, keys)`.
-    """
-
-    turbo_out_proj = "o_proj"
-    turbo_scaling = "scaling"
-    turbo_dropout = "attention_dropout"
-    turbo_eager: Callable
-
-    def forward(self, hidden_states, attention_mask=None, **kwargs):
-        # Copied from transformers.models.vit.modeling_vit.ViTAttention.forward (v5.24)
-        # Copied from transformers.models.dinov2.modeling_dinov2.Dinov2Attention.forward (v5.24)
-        # Copied from transformers.models.clip.modeling_clip.CLIPAttention.forward (v5.24)
-        # Copied from transformers.models.siglip.modeling_siglip.SiglipAttention.forward (v5.24)
-        # (the same computation in the four families; this one also returns the queries and keys Turbo scores)
-        return projected_attention(
-            self,
-            hidden_states,
-            attention_mask,
-            out_proj=getattr(self, self.turbo_out_proj),
-            scaling=getattr(self, self.turbo_scaling),
-            dropout=getattr(self, self.turbo_dropout),
-            eager_fn=self.turbo_eager,
-            **kwargs,
-        )
-
-
 def check_attention_mask(attention_mask: torch.Tensor | None, steps: list[LayerStep]) -> None:
     """Refuse a padding mask while tokens merge: vision encoders merge whole sequences, and a mask over the
     input tokens cannot follow tokens that move.
@@ -321,23 +258,6 @@ def check_attention_mask(attention_mask: torch.Tensor | None, steps: list[LayerS
             "`attention_mask` is not supported while Turbo removes tokens from a vision encoder; "
             "pass `attention_mask=None` or use `r=0`."
         )
-
-
-def vision_attention_mask(
-    config, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, runtime: TurboRuntime
-) -> torch.Tensor | None:
-    """The layers' attention mask of a ViT-style encoder (ViT, DINOv2) that builds one with
-    `create_bidirectional_mask`.
-
-    A mask the caller passed is refused while tokens merge (`check_attention_mask`). Without one, the stock
-    builder returns None, or (under `torch.export` / tracing) an all-True 4D mask over the input tokens: while
-    tokens merge that mask is dropped (it allows everything, and it would not fit the merged lengths), without
-    looking at its values, so export traces no data-dependent branch. At r=0 the stock mask is kept as built.
-    """
-    steps = runtime.steps(int(hidden_states.shape[1]))
-    check_attention_mask(attention_mask, steps)
-    mask = create_bidirectional_mask(config=config, inputs_embeds=hidden_states, attention_mask=attention_mask)
-    return None if any(step.r for step in steps) else mask
 
 
 def run_layers(
@@ -383,10 +303,9 @@ def run_layers(
 
 __all__ = [
     "LayerStep",
-    "ProjectedAttentionMixin",
     "TurboModelOutputWithPooling",
     "TurboRuntime",
-    "projected_attention",
+    "check_attention_mask",
+    "merged_key_bias",
     "run_layers",
-    "vision_attention_mask",
 ]

@@ -73,10 +73,8 @@ OVERRIDES: tuple[Override, ...] = tuple(
     + _override("modeling.modeling_turbo_bert.TurboBertAttention", "bert.modeling_bert.BertAttention", "forward")
     + _override("modeling.modeling_turbo_bert.TurboBertLayer", "bert.modeling_bert.BertLayer", "forward")
     + _override("modeling.modeling_turbo_bert.TurboBertModel", "bert.modeling_bert.BertModel", "forward")
-    + _override("modeling.modeling_turbo_blip.TurboBlipAttention", "blip.modeling_blip.BlipAttention", "forward")
-    + _override("modeling.modeling_turbo_blip.TurboBlipEncoderLayer", "blip.modeling_blip.BlipEncoderLayer", "forward")
     + _override("modeling.modeling_turbo_blip.TurboBlipVisionModel", "blip.modeling_blip.BlipVisionModel", "forward")
-    + _override("modeling.modeling_turbo_blip.TurboBlipTextCrossAttention", "blip.modeling_blip_text.BlipTextAttention", "forward")
+    + _override("modeling.blip_layers.TurboBlipTextCrossAttention", "blip.modeling_blip_text.BlipTextAttention", "forward")
     + _override("modeling.modeling_turbo_blip.TurboBlipForConditionalGeneration", "blip.modeling_blip.BlipForConditionalGeneration",
                 "forward", "generate")
     + _override("modeling.modeling_turbo_blip.TurboBlipForImageTextRetrieval", "blip.modeling_blip.BlipForImageTextRetrieval",
@@ -84,26 +82,18 @@ OVERRIDES: tuple[Override, ...] = tuple(
     + _override("modeling.modeling_turbo_blip.TurboBlipForQuestionAnswering", "blip.modeling_blip.BlipForQuestionAnswering",
                 "forward", "generate")
     + _override("modeling.modeling_turbo_blip.TurboBlipModel", "blip.modeling_blip.BlipModel", "get_multimodal_features")
-    + _override("modeling.modeling_turbo_blip2.TurboBlip2Attention", "blip_2.modeling_blip_2.Blip2Attention", "forward")
-    + _override("modeling.modeling_turbo_blip2.TurboBlip2EncoderLayer", "blip_2.modeling_blip_2.Blip2EncoderLayer", "forward")
     + _override("modeling.modeling_turbo_blip2.TurboBlip2VisionModel", "blip_2.modeling_blip_2.Blip2VisionModel", "forward")
     + _override("modeling.modeling_turbo_blip2.TurboBlip2ForConditionalGeneration",
                 "blip_2.modeling_blip_2.Blip2ForConditionalGeneration", "get_image_features", "generate")
     + _override("modeling.modeling_turbo_blip2.TurboBlip2ForImageTextRetrieval", "blip_2.modeling_blip_2.Blip2ForImageTextRetrieval",
                 "forward")
     + _override("modeling.modeling_turbo_blip_text.TurboBlipTextItmModel", "blip.modeling_blip_text.BlipTextModel", "forward")
-    + _override("modeling.modeling_turbo_clip.TurboCLIPEncoderLayer", "clip.modeling_clip.CLIPEncoderLayer", "forward")
     + _override("modeling.modeling_turbo_clip.TurboCLIPVisionModel", "clip.modeling_clip.CLIPVisionModel", "forward")
     + _override("modeling.modeling_turbo_clip.TurboCLIPForImageClassification", "clip.modeling_clip.CLIPForImageClassification",
                 "forward")
-    + _override("modeling.modeling_turbo_dinov2.TurboDinov2Layer", "dinov2.modeling_dinov2.Dinov2Layer", "forward")
     + _override("modeling.modeling_turbo_dinov2.TurboDinov2Model", "dinov2.modeling_dinov2.Dinov2Model", "forward")
     + _override("modeling.modeling_turbo_dinov2.TurboDinov2ForImageClassification",
                 "dinov2.modeling_dinov2.Dinov2ForImageClassification", "forward")
-    + _override("modeling.modeling_turbo_instructblip.TurboInstructBlipAttention",
-                "instructblip.modeling_instructblip.InstructBlipAttention", "forward")
-    + _override("modeling.modeling_turbo_instructblip.TurboInstructBlipEncoderLayer",
-                "instructblip.modeling_instructblip.InstructBlipEncoderLayer", "forward")
     + _override("modeling.modeling_turbo_instructblip.TurboInstructBlipVisionModel",
                 "instructblip.modeling_instructblip.InstructBlipVisionModel", "forward")
     + _override("modeling.modeling_turbo_instructblip.TurboInstructBlipForConditionalGeneration",
@@ -112,7 +102,6 @@ OVERRIDES: tuple[Override, ...] = tuple(
     + _override("modeling.llama_token_reduction.TurboLlavaTextModel", "llama.modeling_llama.LlamaModel", "forward")
     + _override("modeling.modeling_turbo_llava.TurboLlavaModel", "llava.modeling_llava.LlavaModel",
                 "get_image_features", "get_placeholder_mask", "forward")
-    + _override("modeling.modeling_turbo_siglip.TurboSiglipEncoderLayer", "siglip.modeling_siglip.SiglipEncoderLayer", "forward")
     + _override("modeling.modeling_turbo_siglip.TurboSiglipMultiheadAttentionPoolingHead",
                 "siglip.modeling_siglip.SiglipMultiheadAttentionPoolingHead", "forward")
     + _override("modeling.modeling_turbo_siglip.TurboSiglipVisionModel", "siglip.modeling_siglip.SiglipVisionModel", "forward")
@@ -123,6 +112,13 @@ OVERRIDES: tuple[Override, ...] = tuple(
                 "forward")
     + _override("modeling.modeling_turbo_text_towers.TurboCLIPTextModel", "clip.modeling_clip.CLIPTextModel", "forward")
     + _override("modeling.modeling_turbo_text_towers.TurboSiglipTextModel", "siglip.modeling_siglip.SiglipTextModel", "forward")
+    + _override("modeling.blip_layers.TurboBlipEncoderLayer", "blip.modeling_blip.BlipEncoderLayer", "forward")
+    + _override("modeling.modeling_turbo_blip2.TurboBlip2EncoderLayer", "blip_2.modeling_blip_2.Blip2EncoderLayer", "forward")
+    + _override("modeling.modeling_turbo_clip.TurboCLIPEncoderLayer", "clip.modeling_clip.CLIPEncoderLayer", "forward")
+    + _override("modeling.modeling_turbo_dinov2.TurboDinov2Layer", "dinov2.modeling_dinov2.Dinov2Layer", "forward")
+    + _override("modeling.modeling_turbo_instructblip.TurboInstructBlipEncoderLayer",
+                "instructblip.modeling_instructblip.InstructBlipEncoderLayer", "forward")
+    + _override("modeling.modeling_turbo_siglip.TurboSiglipEncoderLayer", "siglip.modeling_siglip.SiglipEncoderLayer", "forward")
     + _override("modeling.modeling_turbo_vit.TurboViTLayer", "vit.modeling_vit.ViTLayer", "forward")
     + _override("modeling.modeling_turbo_vit.TurboViTModel", "vit.modeling_vit.ViTModel", "forward")
     + _override("modeling.processing_turbo_llava.TurboLlavaProcessor", "llava.processing_llava.LlavaProcessor",
@@ -135,13 +131,24 @@ OVERRIDES: tuple[Override, ...] = tuple(
         Override("turbo_hf.modeling.hub_export.TurboHubMixin.from_pretrained",
                  "transformers.modeling_utils.PreTrainedModel.from_pretrained"),
         *(
-            Override("turbo_hf.modeling.turbo_encoder.ProjectedAttentionMixin.forward", f"transformers.models.{path}.forward")
-            for path in ("clip.modeling_clip.CLIPAttention", "dinov2.modeling_dinov2.Dinov2Attention",
+            Override("turbo_hf.modeling.turbo_attention.TurboAttentionMixin.forward", f"transformers.models.{path}.forward")
+            for path in ("blip.modeling_blip.BlipAttention", "blip_2.modeling_blip_2.Blip2Attention",
+                         "clip.modeling_clip.CLIPAttention", "dinov2.modeling_dinov2.Dinov2Attention",
+                         "instructblip.modeling_instructblip.InstructBlipAttention",
                          "siglip.modeling_siglip.SiglipAttention", "vit.modeling_vit.ViTAttention")
+        ),
+        *(
+            Override("turbo_hf.modeling.turbo_layers.TurboPreNormLayerMixin.forward", f"transformers.models.{path}.forward")
+            for path in ("blip.modeling_blip.BlipEncoderLayer", "blip_2.modeling_blip_2.Blip2EncoderLayer",
+                         "clip.modeling_clip.CLIPEncoderLayer", "dinov2.modeling_dinov2.Dinov2Layer",
+                         "instructblip.modeling_instructblip.InstructBlipEncoderLayer",
+                         "siglip.modeling_siglip.SiglipEncoderLayer", "vit.modeling_vit.ViTLayer")
         ),
         Override("turbo_hf.modeling.hub_export.TurboHubMixin._initialize_weights",
                  "transformers.modeling_utils.PreTrainedModel._initialize_weights"),
         # copies under another name
+        Override("turbo_hf.modeling.blip_layers.blip_eager_attention",
+                 "transformers.models.blip.modeling_blip.BlipAttention.forward"),
         Override("turbo_hf.modeling.modeling_turbo_dinov2.encoder_forward",
                  "transformers.models.dinov2.modeling_dinov2.Dinov2Encoder.forward"),
         Override("turbo_hf.modeling.llama_token_reduction.TurboLlavaTextModel._reduced_forward",

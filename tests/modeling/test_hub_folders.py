@@ -1,0 +1,129 @@
+"""A Hub folder of one family carries that family's file and the kit, nothing else, and loads with remote code
+(in a subprocess where `turbo_hf` cannot be imported) to the same outputs as the in-package model."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from turbo_hf import (
+    TurboBlip2Config,
+    TurboBlip2ForConditionalGeneration,
+    TurboBlipConfig,
+    TurboBlipForConditionalGeneration,
+    TurboCLIPConfig,
+    TurboCLIPModel,
+    TurboConfig,
+    TurboDinov2Config,
+    TurboDinov2Model,
+    TurboInstructBlipConfig,
+    TurboInstructBlipForConditionalGeneration,
+    TurboSiglipConfig,
+    TurboSiglipModel,
+    TurboViTConfig,
+    TurboViTModel,
+)
+from turbo_hf.modeling.hub_export import remote_code_files
+
+TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+VISION = dict(image_size=32, patch_size=4, **TOWER)
+QFORMER = dict(cross_attention_frequency=1, vocab_size=99, max_position_embeddings=32, **TOWER)
+OPT = dict(model_type="opt", hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=2, vocab_size=99,
+           word_embed_proj_dim=32)
+MERGE = TurboConfig(r=8)
+
+
+def _pixels(batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def _ids(batch: int = 2) -> torch.Tensor:
+    return torch.randint(3, 90, (batch, 5), generator=torch.Generator().manual_seed(2))
+
+
+# family file -> (build the Turbo model, the Auto class, inputs, the call whose output is compared)
+CASES = {
+    "modeling_turbo_vit.py": (
+        lambda: TurboViTModel(TurboViTConfig(**VISION, turbo_config=MERGE)),
+        "AutoModel", lambda: dict(pixel_values=_pixels()), "model(**inputs).last_hidden_state",
+    ),
+    "modeling_turbo_dinov2.py": (
+        lambda: TurboDinov2Model(TurboDinov2Config(**VISION, turbo_config=MERGE)),
+        "AutoModel", lambda: dict(pixel_values=_pixels()), "model(**inputs).last_hidden_state",
+    ),
+    "modeling_turbo_clip.py": (
+        lambda: TurboCLIPModel(TurboCLIPConfig(text_config=dict(vocab_size=99, **TOWER), vision_config=VISION,
+                                               projection_dim=16, turbo_config=MERGE)),
+        "AutoModel", lambda: dict(pixel_values=_pixels(), input_ids=_ids()), "model(**inputs).logits_per_image",
+    ),
+    "modeling_turbo_siglip.py": (
+        lambda: TurboSiglipModel(TurboSiglipConfig(text_config=dict(vocab_size=99, **TOWER), vision_config=VISION,
+                                                   turbo_config=MERGE)),
+        "AutoModel", lambda: dict(pixel_values=_pixels(), input_ids=_ids()), "model(**inputs).logits_per_image",
+    ),
+    "modeling_turbo_blip.py": (
+        lambda: TurboBlipForConditionalGeneration(TurboBlipConfig(
+            text_config=dict(vocab_size=99, bos_token_id=97, sep_token_id=98, **TOWER), vision_config=VISION,
+            turbo_config=MERGE)),
+        "AutoModelForImageTextToText", lambda: dict(pixel_values=_pixels(), input_ids=_ids()), "model(**inputs).logits",
+    ),
+    "modeling_turbo_blip2.py": (
+        lambda: TurboBlip2ForConditionalGeneration(TurboBlip2Config(
+            vision_config=VISION, qformer_config=QFORMER, text_config=OPT, num_query_tokens=4, image_token_index=98,
+            turbo_config=MERGE)),
+        "AutoModelForImageTextToText", lambda: dict(pixel_values=_pixels()),
+        "model.get_image_features(**inputs).pooler_output",
+    ),
+    "modeling_turbo_instructblip.py": (
+        lambda: TurboInstructBlipForConditionalGeneration(TurboInstructBlipConfig(
+            vision_config=VISION, qformer_config=QFORMER, text_config=OPT, num_query_tokens=4, image_token_index=98,
+            turbo_config=MERGE)),
+        "AutoModelForImageTextToText", lambda: dict(pixel_values=_pixels(), qformer_input_ids=_ids()),
+        "model.get_image_features(**inputs).pooler_output",
+    ),
+}
+
+
+def run_remote(folder, auto_class: str, tensors_path, call: str) -> subprocess.CompletedProcess:
+    """Load `folder` with trust_remote_code in a fresh interpreter where turbo_hf is not importable; `call` computes
+    the output compared with the in-package one."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["turbo_hf"] = None  # any `import turbo_hf` now fails
+        import torch, transformers
+        inputs, expected = torch.load({str(tensors_path)!r})
+        model = getattr(transformers, {auto_class!r}).from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        with torch.no_grad():
+            got = {call}
+        print("REMOTE", type(model).__name__, torch.equal(got, expected))
+        """
+    )
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("family_file", list(CASES))
+def test_a_family_folder_carries_its_file_and_the_kit_only_and_loads_without_the_package(family_file, tmp_path):
+    build, auto_class, make_inputs, call = CASES[family_file]
+    torch.manual_seed(0)
+    model = build().eval()
+    module_file = sys.modules[type(model).__module__].__file__
+    assert module_file.endswith(family_file)
+    folder = tmp_path / "turbo"
+    model.save_pretrained(folder)
+
+    copied = {path.name for path in folder.glob("*.py")}
+    assert copied == {path.name for path in remote_code_files(module_file)}
+    assert {name for name in copied if name.startswith("modeling_turbo_")} == {family_file}
+
+    inputs = make_inputs()
+    with torch.no_grad():
+        expected = eval(call, {}, {"model": model, "inputs": inputs})
+    torch.save((inputs, expected), tmp_path / "tensors.pt")
+    result = run_remote(folder, auto_class, tmp_path / "tensors.pt", call)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"REMOTE {type(model).__name__} True" in result.stdout
