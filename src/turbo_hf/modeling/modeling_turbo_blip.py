@@ -42,6 +42,7 @@ from transformers.utils.output_capturing import capture_outputs
 from .compat import cache_kwargs, pop_cache
 from .configuration_turbo import TurboConfig
 from .hub_export import TurboHubMixin
+from .modeling_turbo_blip_text import BLIP_ITM_TEXT_ENCODER
 from .output_order import stock_field_order
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
@@ -578,6 +579,7 @@ register_adapter(
             BlipTextAttention: TurboBlipTextCrossAttention,
         },
         extra_modules=image_cross_attention_modules,
+        extra_encoders=(BLIP_ITM_TEXT_ENCODER,),
         attention_attr="self_attn",
         mlp_attr="mlp",
         hub_classes={TurboBlipConfig: BLIP_AUTO_CLASSES, TurboBlipVisionConfig: VISION_AUTO_CLASSES},
