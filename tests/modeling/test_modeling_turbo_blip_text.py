@@ -2,6 +2,10 @@
 (padding never merges, [CLS] protected) and cross-modal image pruning (image tokens ranked by the cross-attention
 they receive), on tiny random retrieval models."""
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 from transformers import BlipConfig, BlipForImageTextRetrieval
@@ -160,6 +164,24 @@ def test_from_pretrained_save_and_reload_carry_the_text_settings(tmp_path):
     assert torch.equal(itm(loaded, ids, mask, px).itm_score, expected)
     other = TurboBlipForImageTextRetrieval.from_pretrained(tmp_path, turbo_config=TurboConfig(r=3)).eval()
     assert type(other.text_encoder) is BlipTextModel
+    # Auto reload through the folder's remote code, in an interpreter where turbo_hf cannot be imported
+    torch.save((ids, mask, px, expected), tmp_path / "tensors.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["turbo_hf"] = None
+        import torch, transformers
+        ids, mask, px, expected = torch.load({str(tmp_path / "tensors.pt")!r})
+        model = transformers.AutoModel.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
+        with torch.no_grad():
+            got = model(input_ids=ids, pixel_values=px, attention_mask=mask).itm_score
+        print("REMOTE", type(model).__name__, type(model.text_encoder).__name__, torch.equal(got, expected))
+        """
+    )
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REMOTE TurboBlipForImageTextRetrieval TurboBlipTextItmModel True" in result.stdout
 
 
 @pytest.mark.parametrize(

@@ -65,8 +65,10 @@ def test_encoder_settings_name_the_blip_itm_text_encoder():
     assert all(not adapter.extra_encoders for adapter in registered_adapters() if adapter.name != "blip")
     assert not BLIP_ITM_TEXT_ENCODER.requested(TurboConfig(r=4))
     assert BLIP_ITM_TEXT_ENCODER.requested(TurboConfig(image_keep=[1.0, 0.5]))
-    view = BLIP_ITM_TEXT_ENCODER.runtime_config(TurboConfig(flops_ratio=0.5, min_tokens=40, mode="tome", text_r=[1, 2]))
-    assert (view.r, view.flops_ratio, view.min_tokens, view.mode) == ([1, 2], None, 0, "tome")
+    view = BLIP_ITM_TEXT_ENCODER.runtime_config(
+        TurboConfig(flops_ratio=0.5, min_tokens=40, mode="tome", token_order="tome", text_r=[1, 2])
+    )
+    assert (view.r, view.flops_ratio, view.min_tokens, view.mode, view.token_order) == ([1, 2], None, 0, "tome", "spatial")
 
 
 def test_stock_conversions_reach_the_turbo_classes():

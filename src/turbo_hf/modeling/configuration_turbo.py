@@ -155,8 +155,9 @@ class TurboConfig(PreTrainedConfig):
         text_r (`int` or `list[int]`, *optional*):
             BLIP retrieval (`BlipForImageTextRetrieval`): text tokens merged per layer of the ITM text encoder,
             right after self-attention (padding never merges, position 0 is protected). The text encoder uses
-            the other settings of this config (mode, alpha, schedule, reduction, ...) except `flops_ratio` and
-            `min_tokens`, which count the vision tokens. Off (None) by default.
+            the other settings of this config (mode, alpha, schedule, reduction, ...) except `flops_ratio`,
+            `min_tokens` and `token_order`, which are about the vision tokens (text tokens keep their order).
+            Off (None) by default.
         image_keep (`list[float]`, *optional*):
             BLIP retrieval: per cross-attention layer of the ITM text encoder, the share of the image tokens it
             reads (in (0, 1], non-increasing, the first 1.0): each layer ranks the image tokens by the

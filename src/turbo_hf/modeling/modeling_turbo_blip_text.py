@@ -255,8 +255,9 @@ def _check_itm_encoder(encoder: nn.Module, config: TurboConfig) -> None:
 
 
 def _text_settings(config: TurboConfig) -> TurboConfig:
-    """What the text encoder runs with: `r` from `text_r`; `flops_ratio` and `min_tokens` count vision tokens."""
-    return config.replace(r=config.text_r, flops_ratio=None, min_tokens=0)
+    """What the text encoder runs with: `r` from `text_r`; `flops_ratio` and `min_tokens` count vision tokens,
+    and text tokens always keep their order (positions and padding; `token_order` is about the vision tokens)."""
+    return config.replace(r=config.text_r, flops_ratio=None, min_tokens=0, token_order="spatial")
 
 
 BLIP_ITM_TEXT_ENCODER = ReducibleEncoder(
