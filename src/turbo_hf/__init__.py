@@ -16,14 +16,7 @@ from .modeling.modeling_turbo_blip import (
     TurboBlipVisionConfig,
     TurboBlipVisionModel,
 )
-from .modeling.modeling_turbo_blip_text import (
-    BlipTextTurboSettings,
-    TurboBlipTextItmModel,
-    TurboBlipTextItmOutput,
-    apply_blip_text_turbo,
-    blip_text_turbo_settings,
-    remove_blip_text_turbo,
-)
+from .modeling.modeling_turbo_blip_text import TurboBlipTextItmModel, TurboBlipTextItmOutput
 from .modeling.modeling_turbo_blip2 import TurboBlip2Config, TurboBlip2ForConditionalGeneration, TurboBlip2ForImageTextRetrieval
 from .modeling.modeling_turbo_clip import (
     TurboCLIPConfig,
@@ -53,7 +46,6 @@ register_auto_classes()
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlipTextTurboSettings",
     "CalibrationResult",
     "TurboConfig",
     "TurboBertConfig",
@@ -95,14 +87,11 @@ __all__ = [
     "TurboViTConfig",
     "TurboViTForImageClassification",
     "TurboViTModel",
-    "apply_blip_text_turbo",
     "apply_turbo",
-    "blip_text_turbo_settings",
     "calibrate",
     "fetch_real_weights",
     "get_turbo_config",
     "is_turbo_applied",
-    "remove_blip_text_turbo",
     "remove_turbo",
     "supported_classes",
     "turbo",

@@ -32,6 +32,8 @@ FIELDS = (
     "restore_output",
     "seed",
     "token_order",
+    "text_r",
+    "image_keep",
 )
 
 NON_DEFAULT = dict(
@@ -47,6 +49,8 @@ NON_DEFAULT = dict(
     restore_output=True,
     seed=1234,
     token_order="tome",
+    text_r=2,
+    image_keep=[1.0, 0.5, 0.25],
 )
 
 
@@ -71,6 +75,8 @@ def test_defaults():
         "restore_output": False,
         "seed": 0,
         "token_order": "spatial",
+        "text_r": None,
+        "image_keep": None,
     }
     assert DEFAULT_ALPHA == 0.02  # chosen from the DINOv2 measurements (README)
     assert DEFAULT_ALPHA_SCALE == "length"
@@ -177,6 +183,17 @@ def test_non_default_values_are_kept():
         (dict(restore_output="no"), ["restore_output"]),
         (dict(token_order="ToMe"), ["token_order"]),
         (dict(token_order=None), ["token_order"]),
+        (dict(text_r=-1), ["text_r"]),
+        (dict(text_r=[]), ["text_r"]),
+        (dict(text_r=[1, 0.5]), ["text_r"]),
+        (dict(text_r=[1, 2], schedule="decreasing"), ["schedule", "text_r"]),
+        (dict(image_keep=0.5), ["image_keep"]),
+        (dict(image_keep=[]), ["image_keep"]),
+        (dict(image_keep=[0.8, 0.5]), ["image_keep[0]"]),
+        (dict(image_keep=[1.0, 0.0]), ["image_keep"]),
+        (dict(image_keep=[1.0, 1.5]), ["image_keep"]),
+        (dict(image_keep=[1.0, True]), ["image_keep"]),
+        (dict(image_keep=[1.0, 0.4, 0.6]), ["image_keep"]),
     ],
 )
 def test_invalid_inputs_raise(kwargs, names):
@@ -185,6 +202,26 @@ def test_invalid_inputs_raise(kwargs, names):
     message = str(info.value)
     for name in names:
         assert f"`{name}" in message, (name, message)
+
+
+def test_text_settings_are_normalised_and_listed_in_settings():
+    config = TurboConfig(text_r=(1, 2, 1), image_keep=(1, 0.5, 0.5))
+    assert config.text_r == [1, 2, 1] and config.image_keep == [1.0, 0.5, 0.5]
+    assert isinstance(config.image_keep[0], float)
+    settings = config.settings()
+    assert settings["text_r"] == [1, 2, 1] and settings["image_keep"] == [1.0, 0.5, 0.5]
+    assert config.removes_tokens is False  # `removes_tokens` is about the vision tokens (`r`)
+
+
+def test_replace_keeps_the_other_settings_and_validates():
+    config = TurboConfig(r=4, mode="tome", min_tokens=10, text_r=2)
+    changed = config.replace(r=None, flops_ratio=0.5)
+    assert (changed.r, changed.flops_ratio, changed.mode, changed.min_tokens, changed.text_r) == (None, 0.5, "tome", 10, 2)
+    assert config.r == 4 and config.flops_ratio is None
+    with pytest.raises(ValueError, match="`flops_ratio`"):
+        config.replace(flops_ratio=0.5)  # together with r=4
+    with pytest.raises(ValueError, match="unknown setting `rr`. Did you mean `r`"):
+        config.replace(rr=2)
 
 
 def test_invalid_values_from_dict_raise():

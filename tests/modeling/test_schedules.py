@@ -9,6 +9,7 @@ from turbo_hf.modeling.schedules import (
     LayerCost,
     clamp_schedule,
     flops_fraction,
+    layer_cost,
     resolve_schedule,
     schedule_macs,
     spread_r,
@@ -116,6 +117,24 @@ def test_layer_cost_macs_by_hand():
     assert schedule_macs([0, 0], 5, cost) == 600
     assert schedule_macs([], 5, cost) == 0
     assert flops_fraction([1, 2], 5, cost) == pytest.approx(456 / 600)
+
+
+def test_layer_cost_counts_linear_modules_of_stock_layers():
+    from transformers import BlipVisionConfig, BlipTextConfig
+    from transformers.models.blip.modeling_blip import BlipEncoderLayer
+    from transformers.models.blip.modeling_blip_text import BlipTextLayer
+
+    h, i = 16, 40
+    vision = BlipEncoderLayer(BlipVisionConfig(hidden_size=h, intermediate_size=i, num_attention_heads=2))
+    # fused qkv (h -> 3h) and the output projection; the width of the N^2 part is h, not 3h
+    assert layer_cost(vision, "self_attn", "mlp") == LayerCost(4 * h * h, 2 * h * i, h)
+    # a text layer whose cross-attention reads wider image tokens (24): counted, but the width is the text's
+    text = BlipTextLayer(BlipTextConfig(hidden_size=h, intermediate_size=i, num_attention_heads=2, encoder_hidden_size=24,
+                                        is_decoder=True), 0)
+    cross = h * h + 2 * 24 * h + h * h
+    assert layer_cost(text, ("attention", "crossattention"), ("intermediate", "output")) == LayerCost(
+        4 * h * h + cross, 2 * h * i, h
+    )
 
 
 @pytest.mark.parametrize("num_layers", [1, 4, 12])

@@ -51,6 +51,44 @@ def _non_negative_int(name: str, value: object) -> None:
         raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
 
 
+def _per_layer_r(name: str, value: object, schedule: str) -> int | list[int] | None:
+    """`r` (or `text_r`) checked: None, a non-negative integer, or a non-empty list of them (with a constant
+    schedule); a tuple becomes a list."""
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, list):
+        if not value:
+            raise ValueError(f"`{name}` must not be an empty list.")
+        for entry in value:
+            _non_negative_int(name, entry)
+        if schedule != "constant":
+            raise ValueError(
+                f"`schedule={schedule!r}` spreads an integer `{name}`; a list `{name}` already is a schedule: "
+                "use `schedule='constant'`."
+            )
+    elif value is not None:
+        _non_negative_int(name, value)
+    return value
+
+
+def _keep_ratios(value: object) -> list[float] | None:
+    """`image_keep` checked: None or a non-empty, non-increasing list of ratios in (0, 1] starting at 1.0."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"`image_keep` must be a non-empty list of ratios in (0, 1] (or None), got {value!r}.")
+    for ratio in value:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+            raise ValueError(f"`image_keep` ratios must be numbers in (0, 1], got {ratio!r} in {list(value)}.")
+    if value[0] != 1:
+        raise ValueError(
+            f"`image_keep[0]` must be 1.0: the first cross-attention layer has no ranking yet, got {value[0]!r}."
+        )
+    if any(later > earlier for earlier, later in zip(value, value[1:])):
+        raise ValueError(f"`image_keep` must not increase (dropped image tokens cannot come back), got {list(value)}.")
+    return [float(ratio) for ratio in value]
+
+
 class TurboConfig(PreTrainedConfig):
     r"""
     Settings of Turbo token merging (Ju et al., ECCV 2024) for a vision encoder.
@@ -114,6 +152,17 @@ class TurboConfig(PreTrainedConfig):
         llm_text_query (`str`, defaults to `"last"`):
             Which text tokens give the semantic value of the image tokens inside the language model: the
             `"last"` token of the prompt, or `"all"` text tokens (their attention rows averaged).
+        text_r (`int` or `list[int]`, *optional*):
+            BLIP retrieval (`BlipForImageTextRetrieval`): text tokens merged per layer of the ITM text encoder,
+            right after self-attention (padding never merges, position 0 is protected). The text encoder uses
+            the other settings of this config (mode, alpha, schedule, reduction, ...) except `flops_ratio`,
+            `min_tokens` and `token_order`, which are about the vision tokens (text tokens keep their order).
+            Off (None) by default.
+        image_keep (`list[float]`, *optional*):
+            BLIP retrieval: per cross-attention layer of the ITM text encoder, the share of the image tokens it
+            reads (in (0, 1], non-increasing, the first 1.0): each layer ranks the image tokens by the
+            cross-attention they receive from the real text tokens and the next layer keeps the top share (the
+            image [CLS] always stays). None reads them all.
 
     Example:
 
@@ -143,6 +192,8 @@ class TurboConfig(PreTrainedConfig):
     llm_keep: int | list[int] | None = None
     llm_text_query: str = "last"
     token_order: str = "spatial"
+    text_r: int | list[int] | None = None
+    image_keep: list[float] | None = None
 
     def __post_init__(self, **kwargs):
         check_setting_names(kwargs)
@@ -158,20 +209,9 @@ class TurboConfig(PreTrainedConfig):
         return self
 
     def _validate(self) -> None:
-        if isinstance(self.r, tuple):
-            self.r = list(self.r)
-        if isinstance(self.r, list):
-            if not self.r:
-                raise ValueError("`r` must not be an empty list.")
-            for value in self.r:
-                _non_negative_int("r", value)
-            if self.schedule != "constant":
-                raise ValueError(
-                    f"`schedule={self.schedule!r}` spreads an integer `r`; a list `r` already is a schedule: "
-                    "use `schedule='constant'`."
-                )
-        elif self.r is not None:
-            _non_negative_int("r", self.r)
+        self.r = _per_layer_r("r", self.r, self.schedule)
+        self.text_r = _per_layer_r("text_r", self.text_r, self.schedule)
+        self.image_keep = _keep_ratios(self.image_keep)
         if self.flops_ratio is not None:
             if self.r is not None:
                 raise ValueError("Give either `r` or `flops_ratio`, not both.")
@@ -219,6 +259,20 @@ class TurboConfig(PreTrainedConfig):
     def settings(self) -> dict:
         """The Turbo settings alone (no generic `PreTrainedConfig` fields), as a dict."""
         return {name: getattr(self, name) for name in TurboConfig.__annotations__}
+
+    def replace(self, **changes) -> "TurboConfig":
+        """A new, validated `TurboConfig` with these settings changed (e.g. the view one encoder runs with).
+
+        Example:
+
+        ```python
+        >>> from turbo_hf import TurboConfig
+        >>> TurboConfig(r=4, mode="tome").replace(r=2).settings()["mode"]
+        'tome'
+        ```
+        """
+        check_setting_names(changes, "`TurboConfig.replace`")
+        return TurboConfig(**{**self.settings(), **changes})
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):

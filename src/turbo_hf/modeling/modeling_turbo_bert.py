@@ -21,7 +21,6 @@ from transformers.models.bert.modeling_bert import (
     BertSelfAttention,
     eager_attention_forward,
 )
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.pytorch_utils import apply_chunking_to_forward
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
@@ -32,7 +31,7 @@ from .output_order import stock_field_order
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import LayerStep
-from .turbo_text import reduce_text, run_text_layers, text_attention_bias
+from .turbo_text import reduce_text, run_text_layers, text_attention_bias, text_self_attention, text_token_mask
 
 
 @dataclass
@@ -61,23 +60,9 @@ class TurboBertConfig(BertConfig):
 class TurboBertSelfAttention(BertSelfAttention):
     def forward(self, hidden_states, attention_mask=None, **kwargs):
         # Copied from transformers.models.bert.modeling_bert.BertSelfAttention.forward (v5.24)
-        input_shape = hidden_states.shape[:-1]
-        hidden_shape = (*input_shape, -1, self.attention_head_size)
-        query = self.query(hidden_states).view(*hidden_shape).transpose(1, 2)
-        keys = self.key(hidden_states).view(*hidden_shape).transpose(1, 2)
-        values = self.value(hidden_states).view(*hidden_shape).transpose(1, 2)
-        interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        output, weights = interface(
-            self,
-            query,
-            keys,
-            values,
-            attention_mask,
-            dropout=0.0 if not self.training else self.dropout.p,
-            scaling=self.scaling,
-            **kwargs,
+        return text_self_attention(
+            self, hidden_states, attention_mask, scaling=self.scaling, eager_fn=eager_attention_forward, **kwargs
         )
-        return output.reshape(*input_shape, -1).contiguous(), weights, query, keys
 
 
 class TurboBertAttention(BertAttention):
@@ -144,21 +129,11 @@ class TurboBertModel(TurboHubMixin, BertModel):
         embedding_output = self.embeddings(
             input_ids=input_ids, position_ids=position_ids, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds
         )
-        batch, length = embedding_output.shape[:2]
-        if attention_mask is not None and not bool(attention_mask[:, 0].all()):
-            raise ValueError(
-                "Turbo text merging needs right padding (`tokenizer.padding_side = 'right'`): "
-                "`attention_mask[:, 0]` must be 1 in every row."
-            )
-        token_mask = (
-            attention_mask.bool()
-            if attention_mask is not None
-            else torch.ones(batch, length, dtype=torch.bool, device=embedding_output.device)
-        )
+        token_mask = text_token_mask(attention_mask, embedding_output)
         mask_4d = create_bidirectional_mask(
             config=self.config, inputs_embeds=embedding_output, attention_mask=attention_mask
         )
-        pooled = torch.zeros(batch, dtype=torch.long, device=embedding_output.device)
+        pooled = torch.zeros(embedding_output.shape[0], dtype=torch.long, device=embedding_output.device)
         hidden_states, size, source, token_mask = run_text_layers(
             self.encoder.layer, embedding_output, self.turbo_runtime, token_mask, pooled, mask_4d,
             position_ids=position_ids, **kwargs,

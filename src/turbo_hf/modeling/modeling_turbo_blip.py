@@ -39,6 +39,7 @@ from .blip_layers import (
     image_cross_attention_modules,
 )
 from .configuration_turbo import TurboConfig
+from .modeling_turbo_blip_text import BLIP_ITM_TEXT_ENCODER
 from .registry import FamilyAdapter, register_adapter
 from .turbo_layers import TurboModelMixin, blip_vision_forward
 
@@ -385,6 +386,7 @@ register_adapter(
             BlipTextAttention: TurboBlipTextCrossAttention,
         },
         extra_modules=image_cross_attention_modules,
+        extra_encoders=(BLIP_ITM_TEXT_ENCODER,),
         attention_attr="self_attn",
         mlp_attr="mlp",
         hub_classes={TurboBlipConfig: BLIP_AUTO_CLASSES, TurboBlipVisionConfig: VISION_AUTO_CLASSES},

@@ -30,7 +30,7 @@ from .output_order import stock_field_order
 from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import LayerStep
 from .turbo_layers import TurboSelfPatchingMixin
-from .turbo_text import reduce_text, run_text_layers, text_attention_bias
+from .turbo_text import reduce_text, run_text_layers, text_attention_bias, text_token_mask
 
 
 def text_tower_layer_forward(
@@ -67,17 +67,6 @@ class TurboSiglipTextEncoderLayer(SiglipEncoderLayer):
     forward = text_tower_layer_forward
 
 
-def _token_mask(attention_mask: torch.Tensor | None, hidden_states: torch.Tensor) -> torch.Tensor:
-    if attention_mask is None:
-        return torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
-    if not bool(attention_mask[:, 0].all()):
-        raise ValueError(
-            "Turbo text merging needs right padding (`tokenizer.padding_side = 'right'`): "
-            "`attention_mask[:, 0]` must be 1 in every row."
-        )
-    return attention_mask.bool()
-
-
 def _pooled_token(output_hidden, source, pooled):
     index = source.gather(1, pooled[:, None])[:, 0]
     return output_hidden[torch.arange(output_hidden.shape[0], device=output_hidden.device), index]
@@ -96,7 +85,7 @@ class TurboCLIPTextModel(TurboSelfPatchingMixin, CLIPTextModel):
             raise ValueError("You have to specify input_ids")
         input_ids = input_ids.view(-1, input_ids.shape[-1])
         hidden_states = self.embeddings(input_ids=input_ids, position_ids=position_ids)
-        token_mask = _token_mask(attention_mask, hidden_states)
+        token_mask = text_token_mask(attention_mask, hidden_states)
         mask = create_causal_mask(
             config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask, **cache_kwargs(None)
         )
@@ -126,7 +115,7 @@ class TurboSiglipTextModel(TurboSelfPatchingMixin, SiglipTextModel):
             raise ValueError("You have to specify input_ids")
         input_ids = input_ids.view(-1, input_ids.shape[-1])
         hidden_states = self.embeddings(input_ids=input_ids, position_ids=position_ids)
-        token_mask = _token_mask(attention_mask, hidden_states)
+        token_mask = text_token_mask(attention_mask, hidden_states)
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
         pooled = torch.full((hidden_states.shape[0],), hidden_states.shape[1] - 1, device=hidden_states.device)
         hidden_states, size, source, token_mask = run_text_layers(

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 from transformers.utils import logging
 from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
 
 from .configuration_turbo import TurboConfig, as_turbo_config
-from .registry import FamilyAdapter, adapter_by_name, find_adapter, registered_adapters
-from .schedules import LayerCost, flops_fraction, token_counts
+from .registry import FamilyAdapter, ReducibleEncoder, adapter_by_name, encoder_settings, find_adapter, registered_adapters
+from .schedules import flops_fraction, layer_cost, token_counts
 from .turbo_encoder import TurboRuntime
 
 logger = logging.get_logger(__name__)
@@ -24,6 +24,8 @@ FLASH_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "kernels-comm
 class TurboPatch:
     """What `apply_turbo` changed on a model, so `remove_turbo` can undo it exactly.
 
+    `vision_models` are the main encoders, `encoders` the extra ones (`ReducibleEncoder`) as
+    `(name in the adapter's extra_encoders, module)`; each of them holds a `turbo_runtime`.
     Pickles (`torch.save`, `copy.deepcopy`) by the adapter's name: the adapter itself holds functions.
     """
 
@@ -31,6 +33,7 @@ class TurboPatch:
     adapter: FamilyAdapter
     swapped: list[tuple[nn.Module, type]]
     vision_models: list[nn.Module]
+    encoders: list[tuple[str, nn.Module]] = field(default_factory=list)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -40,6 +43,7 @@ class TurboPatch:
     def __setstate__(self, state: dict) -> None:
         state = dict(state)
         state["adapter"] = adapter_by_name(state["adapter"])
+        state.setdefault("encoders", [])  # pickled before extra encoders existed
         self.__dict__.update(state)
         for module, _ in self.swapped:  # a fresh process has not registered the swapped classes yet
             _register_outputs(module)
@@ -51,7 +55,7 @@ def _register_outputs(module: nn.Module) -> None:
 
 
 def _turbo_classes() -> set[type]:
-    return {turbo for adapter in registered_adapters() for turbo in adapter.class_map.values()}
+    return {turbo for adapter in registered_adapters() for mapping in adapter.class_maps() for turbo in mapping.values()}
 
 
 _PATCH_TAG = "_turbo_in_patch"  # on every swapped module: the TurboPatch it belongs to
@@ -75,41 +79,20 @@ def _check_not_nested(model: nn.Module) -> None:
             )
 
 
-def _check_exact_classes(targets: list[nn.Module], adapter: FamilyAdapter) -> None:
+def _check_exact_classes(targets: list[nn.Module], class_map: dict[type, type]) -> None:
     """Refuse subclasses of the stock classes: swapping their class for the Turbo one would drop their code."""
-    stock_classes = tuple(adapter.class_map)
+    stock_classes = tuple(class_map)
     turbo_classes = tuple(_turbo_classes())
     for module in targets:
         cls = type(module)
-        if cls in adapter.class_map or issubclass(cls, turbo_classes) or not isinstance(module, stock_classes):
+        if cls in class_map or issubclass(cls, turbo_classes) or not isinstance(module, stock_classes):
             continue
-        stock = next(base for base in cls.__mro__ if base in adapter.class_map)
+        stock = next(base for base in cls.__mro__ if base in class_map)
         raise ValueError(
             f"{cls.__name__} subclasses the stock {stock.__name__}: Turbo replaces the class of a patched module "
-            f"with {adapter.class_map[stock].__name__}, which would drop what {cls.__name__} changes. Patch a plain "
-            f"{stock.__name__}, or build your subclass on turbo_hf's {adapter.class_map[stock].__name__}."
+            f"with {class_map[stock].__name__}, which would drop what {cls.__name__} changes. Patch a plain "
+            f"{stock.__name__}, or build your subclass on turbo_hf's {class_map[stock].__name__}."
         )
-
-
-def _linear_macs(module: nn.Module) -> int:
-    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
-
-
-def _submodules(layer: nn.Module, names: str | tuple[str, ...]) -> list[nn.Module]:
-    return [getattr(layer, name) for name in ((names,) if isinstance(names, str) else names)]
-
-
-def layer_cost(layer: nn.Module, adapter: FamilyAdapter) -> LayerCost:
-    """Per-token MACs of a layer, counted from its Linear modules."""
-    attention = _submodules(layer, adapter.attention_attr)
-    mlp = _submodules(layer, adapter.mlp_attr)
-    # in_features, not out_features: a fused qkv projection (BLIP, BLIP-2) is 3x wider than the attention
-    hidden = max(m.in_features for part in attention for m in part.modules() if isinstance(m, nn.Linear))
-    return LayerCost(
-        attention_per_token=sum(_linear_macs(part) for part in attention),
-        mlp_per_token=sum(_linear_macs(part) for part in mlp),
-        hidden_size=hidden,
-    )
 
 
 def _check_attention_implementation(vision: nn.Module, config: TurboConfig) -> None:
@@ -121,21 +104,38 @@ def _check_attention_implementation(vision: nn.Module, config: TurboConfig) -> N
         )
 
 
-def _build_runtimes(model: nn.Module, adapter: FamilyAdapter, config: TurboConfig) -> list[TurboRuntime]:
-    runtimes = []
-    for vision in adapter.vision_models(model):
-        _check_attention_implementation(vision, config)
-        layers = adapter.layers(vision)
-        runtime = TurboRuntime(
-            config,
-            num_layers=len(layers),
-            cost=layer_cost(layers[0], adapter),
-            protect_first=adapter.protect_first,
-            summary_query=adapter.summary_query,
-        )
-        runtime.schedule(adapter.default_tokens(vision.config))  # validates `r` against this encoder now
-        runtimes.append(runtime)
-    return runtimes
+def _build_runtime(encoder: nn.Module, spec: FamilyAdapter | ReducibleEncoder, config: TurboConfig) -> TurboRuntime:
+    """The runtime of one encoder (a main one with its family adapter, or an extra one with its spec)."""
+    _check_attention_implementation(encoder, config)
+    layers = spec.layers(encoder)
+    runtime = TurboRuntime(
+        config,
+        num_layers=len(layers),
+        cost=layer_cost(layers[0], spec.attention_attr, spec.mlp_attr),
+        protect_first=spec.protect_first,
+        summary_query=spec.summary_query,
+    )
+    runtime.schedule(spec.default_tokens(encoder.config))  # validates `r` against this encoder now
+    return runtime
+
+
+def _extra_encoders(model: nn.Module, adapter: FamilyAdapter, config: TurboConfig):
+    """The extra encoders the config asks for, as `(spec, module)`; refuses settings this model cannot take."""
+    found = []
+    for name, specs in encoder_settings().items():
+        if getattr(config, name) is None:
+            continue
+        spec = next((spec for spec in adapter.extra_encoders if name in spec.settings), None)
+        if spec is None or not spec.encoders(model):
+            takes = " or ".join(dict.fromkeys(spec.description for spec in specs))
+            raise ValueError(f"`{name}` configures {takes}; {type(model).__name__} has none.")
+    for spec in adapter.extra_encoders:
+        if spec.requested(config):
+            for encoder in spec.encoders(model):
+                if spec.validate is not None:
+                    spec.validate(encoder, config)
+                found.append((spec, encoder))
+    return found
 
 
 def is_turbo_applied(model: nn.Module) -> bool:
@@ -149,13 +149,21 @@ def get_turbo_config(model: nn.Module) -> TurboConfig | None:
     return patch.config if patch is not None else None
 
 
-def turbo_plan(model: nn.Module, num_tokens: int | None = None) -> dict:
+def turbo_plan(model: nn.Module, num_tokens: int | None = None, encoder_tokens: dict[str, int] | None = None) -> dict:
     """What a patched model does for an input of `num_tokens` tokens (default: its config's image size, which
     may differ from the size you feed: DINOv2 checkpoints say 518 px, so pass `num_tokens` for 224 px inputs).
+
+    Args:
+        model: a patched model.
+        num_tokens: tokens entering the (first) main encoder.
+        encoder_tokens: tokens entering each extra encoder, by its name (e.g. `{"text": 35}` for BLIP's ITM text
+            encoder; default: the length its config allows).
 
     Returns:
         A dict with the per-layer `schedule`, the `token_counts` entering each layer (and the final count),
         and `flops_fraction`, the share of the stock encoder's FLOPs kept (the speed limit is its inverse).
+        Each patched extra encoder adds an entry under its name (e.g. `"text"`) with the same three keys and
+        the values of its settings.
 
     Example:
 
@@ -172,9 +180,18 @@ def turbo_plan(model: nn.Module, num_tokens: int | None = None) -> dict:
     if patch is None:
         raise ValueError(f"{type(model).__name__} is not patched: call `apply_turbo` first.")
     vision = patch.vision_models[0]
-    runtime = vision.turbo_runtime
-    if num_tokens is None:
-        num_tokens = patch.adapter.default_tokens(vision.config)
+    plan = _runtime_plan(vision.turbo_runtime, patch.adapter.default_tokens(vision.config) if num_tokens is None
+                         else num_tokens)
+    encoder_tokens = encoder_tokens or {}
+    for name, encoder in patch.encoders:
+        spec = next(spec for spec in patch.adapter.extra_encoders if spec.name == name)
+        tokens = encoder_tokens.get(name, spec.default_tokens(encoder.config))
+        plan[name] = {**_runtime_plan(encoder.turbo_runtime, tokens),
+                      **{setting: getattr(patch.config, setting) for setting in spec.settings}}
+    return plan
+
+
+def _runtime_plan(runtime: TurboRuntime, num_tokens: int) -> dict:
     schedule = runtime.schedule(num_tokens)
     return {
         "schedule": schedule,
@@ -232,18 +249,24 @@ def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -
             "them in their original order (text positions and masks, or a language model reading image tokens in "
             "raster order). Use token_order='spatial' (ToMe's merge decisions in spatial order: mode='tome')."
         )
-    runtimes = _build_runtimes(model, adapter, config)
     vision_models = adapter.vision_models(model)
+    runtimes = [(vision, _build_runtime(vision, adapter, config)) for vision in vision_models]
     targets = [model] + [m for vision in vision_models for m in vision.modules()]
     if adapter.extra_modules is not None:
         targets += adapter.extra_modules(model)
-    _check_exact_classes(targets, adapter)
+    groups = [(targets, adapter.class_map)]
+    extra = []
+    for spec, encoder in _extra_encoders(model, adapter, config):
+        extra.append((spec.name, encoder, _build_runtime(encoder, spec, spec.runtime_config(config))))
+        groups.append((list(encoder.modules()), spec.class_map))
+    for modules, class_map in groups:
+        _check_exact_classes(modules, class_map)
 
     previous = get_turbo_config(model)
     if previous is not None:
         remove_turbo(model)
     try:
-        _swap(model, adapter, config, targets, vision_models, runtimes)
+        _swap(model, adapter, config, groups, runtimes, extra)
     except BaseException:
         if is_turbo_applied(model):
             remove_turbo(model)
@@ -255,25 +278,33 @@ def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -
     return model
 
 
-def _swap(model, adapter, config, targets, vision_models, runtimes) -> None:
-    """Give every target its Turbo class (recording each swap as it happens, so a failure can be undone)."""
-    stock_of = {turbo_class: stock_class for stock_class, turbo_class in adapter.class_map.items()}
+def _swap(model, adapter, config, groups, runtimes, extra) -> None:
+    """Give every target its Turbo class (recording each swap as it happens, so a failure can be undone).
+
+    `groups` are `(modules, class_map)`: the main targets with the adapter's map, then each extra encoder's
+    modules with its own; `runtimes` are `(vision, runtime)` and `extra` `(name, encoder, runtime)`.
+    """
     swapped, seen = [], set()
-    model._turbo_patch = TurboPatch(config=config, adapter=adapter, swapped=swapped, vision_models=[])
-    for module in targets:
-        stock_class = stock_of.get(type(module), type(module))
-        turbo_class = adapter.class_map.get(stock_class)
-        if turbo_class is None or id(module) in seen:
-            continue
-        seen.add(id(module))
-        swapped.append((module, stock_class))
-        module.__dict__[_PATCH_TAG] = model._turbo_patch
-        if type(module) is not turbo_class:
-            module.__class__ = turbo_class
-            _register_outputs(module)
-    for vision, runtime in zip(vision_models, runtimes):
+    patch = model._turbo_patch = TurboPatch(config=config, adapter=adapter, swapped=swapped, vision_models=[])
+    for targets, class_map in groups:
+        stock_of = {turbo_class: stock_class for stock_class, turbo_class in class_map.items()}
+        for module in targets:
+            stock_class = stock_of.get(type(module), type(module))
+            turbo_class = class_map.get(stock_class)
+            if turbo_class is None or id(module) in seen:
+                continue
+            seen.add(id(module))
+            swapped.append((module, stock_class))
+            module.__dict__[_PATCH_TAG] = patch
+            if type(module) is not turbo_class:
+                module.__class__ = turbo_class
+                _register_outputs(module)
+    for vision, runtime in runtimes:
         vision.turbo_runtime = runtime
-        model._turbo_patch.vision_models.append(vision)
+        patch.vision_models.append(vision)
+    for name, encoder, runtime in extra:
+        encoder.turbo_runtime = runtime
+        patch.encoders.append((name, encoder))
 
 
 def apply_turbo_from_config(model: nn.Module) -> nn.Module:
@@ -301,8 +332,8 @@ def remove_turbo(model: nn.Module) -> nn.Module:
     for module, stock_class in reversed(patch.swapped):
         module.__class__ = stock_class
         module.__dict__.pop(_PATCH_TAG, None)
-    for vision in patch.vision_models:
-        vision.__dict__.pop("turbo_runtime", None)
+    for module in patch.vision_models + [encoder for _, encoder in patch.encoders]:
+        module.__dict__.pop("turbo_runtime", None)
     del model._turbo_patch
     return model
 
@@ -334,4 +365,4 @@ def turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -> Iter
             apply_turbo(model, previous)
 
 
-__all__ = ["apply_turbo", "apply_turbo_from_config", "get_turbo_config", "is_turbo_applied", "layer_cost", "remove_turbo", "turbo", "turbo_plan"]
+__all__ = ["apply_turbo", "apply_turbo_from_config", "get_turbo_config", "is_turbo_applied", "remove_turbo", "turbo", "turbo_plan"]

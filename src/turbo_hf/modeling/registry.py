@@ -13,6 +13,55 @@ from transformers.conversion_mapping import (
 
 
 @dataclass(frozen=True)
+class ReducibleEncoder:
+    """A further encoder of a family's models that Turbo reduces with settings of its own (BLIP's ITM text encoder
+    with `text_r` / `image_keep`), patched and removed together with the main encoder(s) by `apply_turbo`.
+
+    Attributes:
+        name: key of its entry in `turbo_plan`, e.g. `"text"`.
+        settings: the `TurboConfig` fields that configure it; any of them set (not None) patches it, and
+            families (or models) without an encoder that takes them refuse them at `apply_turbo`.
+        description: what takes the settings, for the refusal message (e.g. "the ITM text encoder of
+            BlipForImageTextRetrieval").
+        encoders: returns the modules that own its merging layers (each gets a `turbo_runtime`); empty for a
+            model of the family that has none.
+        layers: returns the `nn.ModuleList` of layers of such a module.
+        class_map: stock class -> Turbo subclass, applied (by exact type) to those modules and everything inside.
+        attention_attr: name(s) of the attention module(s) inside a layer (for FLOP budgets; the first one is
+            the self-attention, whose width counts for the N^2 part).
+        mlp_attr: name(s) of the MLP module(s) inside a layer.
+        runtime_config: the view of the `TurboConfig` its runtime runs with (e.g. `r` taken from `text_r`).
+        tokens_for_config: the default number of tokens of such a module, from its config.
+        validate: called as `validate(encoder, config)` before anything is swapped; raises a `ValueError` for
+            settings this encoder cannot run (a list longer than its layers).
+        protect_first: whether token 0 never merges.
+        summary_query: `"cls"` or `"mean"`: which query gives the semantic value.
+    """
+
+    name: str
+    settings: tuple[str, ...]
+    description: str
+    encoders: Callable[[nn.Module], list[nn.Module]]
+    layers: Callable[[nn.Module], nn.ModuleList]
+    class_map: dict[type, type]
+    attention_attr: str | tuple[str, ...]
+    mlp_attr: str | tuple[str, ...]
+    runtime_config: Callable[[object], object]
+    tokens_for_config: Callable[[object], int]
+    validate: Callable[[nn.Module, object], None] | None = None
+    protect_first: bool = True
+    summary_query: str = "cls"
+
+    def requested(self, config) -> bool:
+        """Whether a `TurboConfig` sets any of this encoder's settings."""
+        return any(getattr(config, name) is not None for name in self.settings)
+
+    def default_tokens(self, config) -> int:
+        """Tokens such a module sees by default, from its config."""
+        return self.tokens_for_config(config)
+
+
+@dataclass(frozen=True)
 class FamilyAdapter:
     """How Turbo patches one model family.
 
@@ -38,6 +87,7 @@ class FamilyAdapter:
             Families without it refuse the language-model settings (`llm_layers`).
         hub_classes: for each Turbo config class of the family (distinct `model_type`), the Auto class
             names and the public Turbo model classes registered for it.
+        extra_encoders: further encoders reduced with settings of their own (`ReducibleEncoder`).
     """
 
     name: str
@@ -54,6 +104,11 @@ class FamilyAdapter:
     extra_modules: Callable[[nn.Module], list[nn.Module]] | None = None
     validate: Callable[[nn.Module, object], None] | None = None
     spatial_only: bool = False
+    extra_encoders: tuple[ReducibleEncoder, ...] = ()
+
+    def class_maps(self) -> list[dict[type, type]]:
+        """The class map of the main encoder(s), then those of the extra encoders."""
+        return [self.class_map] + [encoder.class_map for encoder in self.extra_encoders]
 
     def default_tokens(self, config) -> int:
         """Tokens the encoder sees at the config's image size ([CLS] included when there is one)."""
@@ -74,8 +129,9 @@ def _share_weight_conversions(adapter: FamilyAdapter) -> None:
     Transformers renames old checkpoint keys with conversions looked up by class name or `model_type`;
     the Turbo names get the stock ones (registered explicitly, so they also apply under remote code).
     """
-    pairs = [(stock.__name__, turbo.__name__) for stock, turbo in adapter.class_map.items()]
-    stock_of = {turbo: stock for stock, turbo in adapter.class_map.items()}
+    class_map = {stock: turbo for mapping in adapter.class_maps() for stock, turbo in mapping.items()}
+    pairs = [(stock.__name__, turbo.__name__) for stock, turbo in class_map.items()]
+    stock_of = {turbo: stock for stock, turbo in class_map.items()}
     for config_class, auto_classes in adapter.hub_classes.items():
         stock_config = next(base for base in config_class.__mro__[1:] if getattr(base, "model_type", ""))
         pairs.append((stock_config.model_type, config_class.model_type))
@@ -117,6 +173,16 @@ def supported_classes() -> list[str]:
     return sorted(cls.__name__ for adapter in _ADAPTERS for cls in adapter.model_classes)
 
 
+def encoder_settings() -> dict[str, list[ReducibleEncoder]]:
+    """Each setting that configures an extra encoder, with the extra encoders (of every family) that take it."""
+    found: dict[str, list[ReducibleEncoder]] = {}
+    for adapter in _ADAPTERS:
+        for encoder in adapter.extra_encoders:
+            for name in encoder.settings:
+                found.setdefault(name, []).append(encoder)
+    return found
+
+
 def find_adapter(model: nn.Module) -> FamilyAdapter:
     """The adapter for a model, or a `ValueError` that lists the supported classes."""
     for adapter in _ADAPTERS:
@@ -127,4 +193,13 @@ def find_adapter(model: nn.Module) -> FamilyAdapter:
     )
 
 
-__all__ = ["FamilyAdapter", "adapter_by_name", "find_adapter", "register_adapter", "registered_adapters", "supported_classes"]
+__all__ = [
+    "FamilyAdapter",
+    "ReducibleEncoder",
+    "adapter_by_name",
+    "encoder_settings",
+    "find_adapter",
+    "register_adapter",
+    "registered_adapters",
+    "supported_classes",
+]

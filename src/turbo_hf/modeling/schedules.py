@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import nn
+
 from .merging import max_reduction
 
 
@@ -29,6 +31,45 @@ class LayerCost:
         """MACs of a layer that attends over `tokens_in` tokens and runs its MLP on `tokens_out`."""
         attention = tokens_in * self.attention_per_token + 2 * tokens_in * tokens_in * self.hidden_size
         return attention + tokens_out * self.mlp_per_token
+
+
+def _linear_macs(module: nn.Module) -> int:
+    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def _parts(layer: nn.Module, names: str | tuple[str, ...]) -> list[nn.Module]:
+    return [getattr(layer, name) for name in ((names,) if isinstance(names, str) else names)]
+
+
+def layer_cost(layer: nn.Module, attention_attr: str | tuple[str, ...], mlp_attr: str | tuple[str, ...]) -> LayerCost:
+    """Per-token MACs of a layer, counted from the Linear modules of its attention and MLP parts (the one
+    `LayerCost` builder: every encoder Turbo patches, and anything that needs the cost of one, calls it).
+
+    Args:
+        layer: one transformer layer.
+        attention_attr: name(s) of its attention module(s); the first is the self-attention, whose input width
+            is the `hidden_size` of the N^2 part (in_features, not out_features: a fused qkv projection is 3x
+            wider than the attention).
+        mlp_attr: name(s) of its MLP module(s).
+
+    Example:
+
+    ```python
+    >>> from torch import nn
+    >>> from turbo_hf.modeling.schedules import layer_cost
+    >>> layer = nn.Module()
+    >>> layer.attn, layer.mlp = nn.Linear(8, 24), nn.Sequential(nn.Linear(8, 32), nn.Linear(32, 8))
+    >>> layer_cost(layer, "attn", "mlp")
+    LayerCost(attention_per_token=192, mlp_per_token=512, hidden_size=8)
+    ```
+    """
+    attention = _parts(layer, attention_attr)
+    hidden = max(m.in_features for m in attention[0].modules() if isinstance(m, nn.Linear))
+    return LayerCost(
+        attention_per_token=sum(_linear_macs(part) for part in attention),
+        mlp_per_token=sum(_linear_macs(part) for part in _parts(layer, mlp_attr)),
+        hidden_size=hidden,
+    )
 
 
 def spread_r(r: int | list[int] | None, num_layers: int, schedule: str = "constant") -> list[int]:
@@ -172,6 +213,7 @@ __all__ = [
     "LayerCost",
     "clamp_schedule",
     "flops_fraction",
+    "layer_cost",
     "resolve_schedule",
     "schedule_macs",
     "shortfall",

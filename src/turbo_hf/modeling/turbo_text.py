@@ -8,17 +8,57 @@ token) is protected and its current index is read from the source map.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .merging import initial_source, merge_tokens, proportional_bias, unmerge, update_source
+from .merging import initial_source, merge_tokens, unmerge, update_source
 from .turbo_encoder import LayerStep, TurboRuntime
 
 
+def text_token_mask(attention_mask: torch.Tensor | None, embeddings: torch.Tensor) -> torch.Tensor:
+    """The real tokens (B, N) of a text batch from its 2D padding mask (all of them without one), refusing left
+    padding: merging keeps padding at the end of every row, so the first token must be real."""
+    if attention_mask is None or attention_mask.dim() != 2:
+        return torch.ones(embeddings.shape[:2], dtype=torch.bool, device=embeddings.device)
+    if not bool(attention_mask[:, 0].all()):
+        raise ValueError(
+            "Turbo text merging needs right padding (`tokenizer.padding_side = 'right'`): "
+            "`attention_mask[:, 0]` must be 1 in every row."
+        )
+    return attention_mask.bool()
+
+
+def text_self_attention(
+    module: nn.Module,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    scaling: float,
+    eager_fn: Callable,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Self-attention of a BERT-style module (`query`, `key`, `value`, `attention_head_size`, `dropout`)
+    through the attention interface (`eager_fn` for eager attention), bidirectional unless the module says
+    `is_causal`; returns the context (B, N, C), the weights, and the queries and keys (B, H, N, Dh) Turbo scores.
+    """
+    input_shape = hidden_states.shape[:-1]
+    hidden_shape = (*input_shape, -1, module.attention_head_size)
+    query = module.query(hidden_states).view(*hidden_shape).transpose(1, 2)
+    keys = module.key(hidden_states).view(*hidden_shape).transpose(1, 2)
+    values = module.value(hidden_states).view(*hidden_shape).transpose(1, 2)
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(module.config._attn_implementation, eager_fn)
+    kwargs.setdefault("is_causal", getattr(module, "is_causal", False))
+    dropout = 0.0 if not module.training else module.dropout.p
+    output, weights = interface(module, query, keys, values, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    return output.reshape(*input_shape, -1).contiguous(), weights, query, keys
+
+
 def _key_bias(step: LayerStep, size: torch.Tensor, token_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    if step.merged_before and step.proportional_attention and step.reduction == "merge":
-        bias = proportional_bias(size, dtype)
-    else:
+    bias = step.attention_bias(size, dtype)
+    if bias is None:
         bias = torch.zeros(size.shape[0], 1, 1, size.shape[1], dtype=dtype, device=size.device)
     return bias.masked_fill(~token_mask[:, None, None, :], torch.finfo(dtype).min)
 
@@ -107,4 +147,4 @@ def run_text_layers(
     return hidden_states, size, source, token_mask
 
 
-__all__ = ["reduce_text", "run_text_layers", "text_attention_bias"]
+__all__ = ["reduce_text", "run_text_layers", "text_attention_bias", "text_self_attention", "text_token_mask"]

@@ -153,6 +153,8 @@ OVERRIDES: tuple[Override, ...] = tuple(
                  "transformers.models.dinov2.modeling_dinov2.Dinov2Encoder.forward"),
         Override("turbo_hf.modeling.llama_token_reduction.TurboLlavaTextModel._reduced_forward",
                  "transformers.models.llama.modeling_llama.LlamaModel.forward"),
+        Override("turbo_hf.modeling.modeling_turbo_blip_text.blip_text_eager_attention",
+                 "transformers.models.blip.modeling_blip_text.BlipTextSelfAttention.forward"),
         Override("turbo_hf.modeling.llama_token_reduction._rope", "transformers.models.llama.modeling_llama.apply_rotary_pos_emb"),
     ]
 )
