@@ -6,24 +6,20 @@ reduction instead of dropped: generated ids must be equal, logits equal to ~1e-5
 changes: shorter hidden states, original position ids, per-layer cache lengths, masks built from kept columns.
 """
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration, MistralConfig
 
 from test_modeling_turbo_llava import IMAGE_TOKEN_ID, PROMPTS, images, llava_config, processor_parts
-from turbo_hf import TurboConfig, apply_turbo, remove_turbo
+from turbo_hf import TurboConfig, apply_turbo, remove_turbo, turbo
 from turbo_hf.modeling.compat import cache_of
 from turbo_hf.modeling.modeling_turbo_llava import TurboLlavaConfig, TurboLlavaForConditionalGeneration
-from turbo_hf.modeling.llama_token_reduction import TurboLlavaTextModel, llama_reduction_scores
-from turbo_hf.modeling.llm_token_reduction import (
-    STATE_ATTRIBUTE,
-    ReductionSettings,
-    gather_mask,
-    gather_tokens,
-    reduce_group_tokens,
-    reduce_image_tokens,
-    stage_key_columns,
-)
+from turbo_hf.modeling.llm_token_reduction_llama import TurboLlamaModel, llama_reduction_scores
+from turbo_hf.modeling.llm_token_masks import STATE_ATTRIBUTE, gather_mask, stage_key_columns
+from turbo_hf.modeling.llm_token_reduction import ReductionSettings, gather_tokens, reduce_group_tokens, reduce_image_tokens
 from turbo_hf.modeling.processing_turbo_llava import TurboLlavaProcessor
 
 NEW_TOKENS = 5
@@ -159,7 +155,7 @@ def test_off_is_todays_model(weights, settings):
         today.model.language_model.__class__ = type(stock.model.language_model)
         reference_logits, reference_ids = today(**inputs).logits.detach(), generate(today, inputs)[0]
     model = turbo_model(weights, **settings)
-    assert type(model.model.language_model) is TurboLlavaTextModel
+    assert type(model.model.language_model) is TurboLlamaModel
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, reference_logits)
     assert torch.equal(generate(model, inputs)[0], reference_ids)
@@ -296,6 +292,49 @@ def test_with_vision_merging_sizes_carry_into_the_language_model(weights):
         assert getattr(cache_of(model(**inputs)), STATE_ATTRIBUTE).key_bias == [None, None]
 
 
+def test_language_model_settings_go_through_the_one_patch_path(weights):
+    """`llm_layers`/`llm_keep` are TurboConfig settings: `apply_turbo`, `remove_turbo` and `turbo()` as for vision."""
+    model = stock_model(weights)
+    inputs = encode(model)
+    stock_classes = {name: type(module) for name, module in model.named_modules()}
+    with torch.no_grad():
+        stock_logits = model(**inputs).logits
+    stock_ids = generate(model, inputs)[0]
+
+    assert apply_turbo(model, TurboConfig(llm_layers=[2], llm_keep=[12])) is model
+    assert type(model.model.language_model) is TurboLlamaModel
+    with torch.no_grad():
+        reduced = model(**inputs).logits
+    assert not torch.allclose(reduced[:, -1], stock_logits[:, -1], atol=1e-3)  # 52 of 64 image tokens left
+    remove_turbo(model)
+    assert {name: type(module) for name, module in model.named_modules()} == stock_classes
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, stock_logits)
+    assert torch.equal(generate(model, inputs)[0], stock_ids)
+
+    with turbo(model, llm_layers=[2], llm_keep=[12]) as patched:
+        assert patched is model and type(model.model.language_model) is TurboLlamaModel
+        with torch.no_grad():
+            assert torch.equal(model(**inputs).logits, reduced)
+    assert {name: type(module) for name, module in model.named_modules()} == stock_classes
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, stock_logits)
+    assert torch.equal(generate(model, inputs)[0], stock_ids)
+
+
+REMOTE_GENERATE = """
+import sys
+sys.modules["turbo_hf"] = None  # any `import turbo_hf` now fails
+import torch, transformers
+inputs, expected = torch.load({tensors!r})
+model = transformers.AutoModelForImageTextToText.from_pretrained({folder!r}, trust_remote_code=True).eval()
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+with torch.no_grad():
+    new = model.generate(**inputs, max_new_tokens={new}, min_new_tokens={new}, do_sample=False)
+print("REMOTE", type(model.model.language_model).__name__, torch.equal(new[:, inputs["input_ids"].shape[1]:], expected))
+"""
+
+
 def test_turbo_class_round_trip(weights, tmp_path):
     turbo = {"r": 4, "llm_layers": [2], "llm_keep": [10]}
     model = TurboLlavaForConditionalGeneration(config(config_class=TurboLlavaConfig, turbo_config=turbo))
@@ -303,12 +342,27 @@ def test_turbo_class_round_trip(weights, tmp_path):
     model.eval()
     inputs = encode(model)
     expected = generate(model, inputs)[0]
-    model.save_pretrained(tmp_path)
-    assert (tmp_path / "llm_token_reduction.py").exists()  # travels as remote code with modeling_turbo_llava.py
-    loaded = TurboLlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
+    folder = tmp_path / "turbo"
+    model.save_pretrained(folder)
+    loaded = TurboLlavaForConditionalGeneration.from_pretrained(folder).eval()
     assert loaded.model.turbo_runtime.config.llm_keep == [10]
     assert torch.equal(generate(loaded, inputs)[0], expected)
     assert torch.equal(generate(turbo_model(weights, **turbo), inputs)[0], expected)  # = a patched stock model
+
+    # the folder carries the LLaVA files, the CLIP tower's and the core: no other family's
+    code = {path.name for path in folder.glob("*.py")}
+    assert {"modeling_turbo_llava.py", "llm_token_reduction_llama.py", "llm_token_reduction.py",
+            "llm_token_masks.py", "modeling_turbo_clip.py"} <= code
+    assert {name for name in code if name.startswith("modeling_turbo_")} == {"modeling_turbo_llava.py",
+                                                                              "modeling_turbo_clip.py"}
+    assert not [name for name in code if any(other in name for other in ("blip", "siglip", "bert", "vit", "dino"))]
+    # and runs without the package (trust_remote_code in an interpreter where turbo_hf cannot be imported)
+    torch.save((dict(inputs), expected), tmp_path / "tensors.pt")
+    script = REMOTE_GENERATE.format(tensors=str(tmp_path / "tensors.pt"), folder=str(folder), new=NEW_TOKENS)
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REMOTE TurboLlamaModel True" in result.stdout
 
 
 def test_impossible_settings_are_refused(weights):

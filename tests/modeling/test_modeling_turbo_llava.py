@@ -29,7 +29,7 @@ from transformers import (
 from turbo_hf import TurboConfig, apply_turbo, remove_turbo, turbo_plan
 from turbo_hf.modeling.compat import image_features_of
 from turbo_hf.modeling.modeling_turbo_llava import TurboLlavaConfig, TurboLlavaForConditionalGeneration, TurboLlavaModel
-from turbo_hf.modeling.llava_token_counts import image_token_count
+from turbo_hf.modeling.llava_token_counts import clip_layer_cost, image_token_count
 from turbo_hf.modeling.processing_turbo_llava import TurboLlavaProcessor
 
 
@@ -189,7 +189,7 @@ def test_merged_tokens_reach_the_language_model(stock_folder):
         features = model.get_image_features(pixel_values=inputs["pixel_values"])
     assert image_features_of(out).shape == (96, 32)
     assert [f.shape[0] for f in features.pooler_output] == [48, 48]
-    sizes = torch.stack(features.deepstack_features[0]).exp()  # the log(size) bias of each image feature
+    sizes = torch.stack(features.deepstack_features[0])  # the patches each image feature stands for
     assert sizes.shape == (2, 48, 1)
     torch.testing.assert_close(sizes.sum(dim=1), torch.full((2, 1), 64.0))  # [CLS] dropped, each patch once
     with pytest.raises(ValueError, match="get_image_features"):
@@ -209,7 +209,7 @@ def reference_logits(model, inputs, with_bias=True):
         image = inputs["input_ids"] == IMAGE_TOKEN_ID
         embeds = embeds.masked_scatter(image[..., None], torch.cat(features.pooler_output))
         bias = torch.zeros(image.shape)
-        bias[image] = torch.cat(features.deepstack_features[0]).flatten()
+        bias[image] = torch.cat(features.deepstack_features[0]).flatten().log()
         length = image.shape[1]
         causal = torch.ones(length, length, dtype=torch.bool).tril()
         allowed = causal[None] & inputs["attention_mask"].bool()[:, None, :]
@@ -304,6 +304,9 @@ def test_processor_count_is_the_model_feature_count(settings, strategy):
     assert count == model.model.num_image_tokens() == image_token_count(config)
     assert (inputs["input_ids"] == IMAGE_TOKEN_ID).sum() == count
     assert from_model._get_num_multimodal_tokens(image_sizes=[(40, 50)]).num_image_tokens == [count]
+    # a config alone gives the layer cost the patched model counts on its modules (FLOP budgets agree)
+    assert clip_layer_cost(config.vision_config) == model.model.turbo_runtime.cost
+    assert from_config.turbo_layer_cost == from_model.turbo_layer_cost
 
 
 def test_processor_and_model_counts_that_differ_raise_a_clear_error(stock_folder):

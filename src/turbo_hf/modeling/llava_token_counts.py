@@ -1,7 +1,8 @@
-"""How many image tokens a (Turbo) LLaVA gives per image: one place for the model and the processor.
+"""How many image tokens a (Turbo) LLaVA gives per image: the one count for the model, the processor and the
+checks of the in-LLM reduction.
 
-The counts run the same `TurboRuntime.schedule` as the model, so a processor that uses them agrees with the
-model for `r`, lists, schedules, `min_tokens` and FLOP budgets.
+`image_tokens` runs the vision tower's `TurboRuntime.schedule` (the model's own runtime, or one built from a config
+by `tower_runtime`), so every caller agrees with the model for `r`, lists, schedules, `min_tokens` and FLOP budgets.
 
 Example:
 
@@ -14,7 +15,12 @@ Example:
 
 from __future__ import annotations
 
+import torch
+from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
 from .configuration_turbo import as_turbo_config
+from .patching import layer_cost
+from .registry import adapter_by_name
 from .schedules import LayerCost
 from .turbo_encoder import TurboRuntime
 
@@ -36,11 +42,11 @@ def feature_depth(vision_feature_layer: int | list[int], num_layers: int) -> int
 
 
 def clip_layer_cost(vision_config) -> LayerCost:
-    """Per-token MACs of a CLIP layer from its config (what `patching.layer_cost` counts on the modules)."""
-    hidden, intermediate = vision_config.hidden_size, vision_config.intermediate_size
-    return LayerCost(
-        attention_per_token=4 * hidden * hidden, mlp_per_token=2 * hidden * intermediate, hidden_size=hidden
-    )
+    """Per-token MACs of a CLIP layer of this config: `patching.layer_cost` of such a layer built on the meta
+    device (no weights), so a config alone gives the cost a patched model counts on its modules."""
+    with torch.device("meta"):
+        layer = CLIPEncoderLayer(vision_config)
+    return layer_cost(layer, adapter_by_name("llava"))
 
 
 def tower_tokens(vision_config, height: int | None = None, width: int | None = None) -> int:
@@ -51,21 +57,26 @@ def tower_tokens(vision_config, height: int | None = None, width: int | None = N
     return (height // patch) * (width // patch) + 1
 
 
-def merged_token_count(turbo_config, num_tokens: int, num_layers: int, cost: LayerCost) -> int:
-    """Tokens left after `num_layers` Turbo layers for an input of `num_tokens` tokens ([CLS] included).
+def tower_runtime(turbo_config, num_layers: int, cost: LayerCost) -> TurboRuntime:
+    """The runtime a Turbo LLaVA gives its vision layers up to the feature layer ([CLS] first, never merged)."""
+    return TurboRuntime(as_turbo_config(turbo_config), num_layers, cost, protect_first=True, summary_query="cls")
 
-    The same `TurboRuntime.schedule` the model runs, so a processor that calls this agrees with the model for
-    `r`, lists, schedules, `min_tokens` and FLOP budgets (a budget resolves per input length; LLaVA inputs
-    have one fixed length).
+
+def image_tokens(runtime: TurboRuntime | None, num_tokens: int, select_strategy: str) -> int:
+    """`<image>` placeholders for an image whose `num_tokens` tokens ([CLS] included) enter the vision tower.
+
+    Args:
+        runtime: the tower's Turbo runtime (layers up to the feature layer), or None for the stock count.
+        num_tokens: tokens entering the tower.
+        select_strategy: `vision_feature_select_strategy` (`"default"` drops [CLS], `"full"` keeps it).
     """
-    config = as_turbo_config(turbo_config)
-    if config.restore_output or num_layers == 0:
-        return num_tokens
-    runtime = TurboRuntime(config, num_layers=num_layers, cost=cost, protect_first=True, summary_query="cls")
-    return num_tokens - sum(runtime.schedule(num_tokens))
+    if runtime is not None and runtime.num_layers and not runtime.config.restore_output:
+        num_tokens -= sum(runtime.schedule(num_tokens))
+    return num_tokens - int(select_strategy == "default")
 
 
 def check_feature_layer(vision_feature_layer, turbo_config) -> None:
+    """Refuse a list `vision_feature_layer` while tokens merge (its layers would hold different token counts)."""
     if not isinstance(vision_feature_layer, int) and as_turbo_config(turbo_config).removes_tokens:
         raise ValueError(
             f"`vision_feature_layer={list(vision_feature_layer)}` concatenates the hidden states of several layers "
@@ -75,8 +86,8 @@ def check_feature_layer(vision_feature_layer, turbo_config) -> None:
 
 
 def image_token_count(config, turbo_config=None, height: int | None = None, width: int | None = None) -> int:
-    """`<image>` placeholders per image for a (Turbo)LLaVA config: the merged token count of the vision tower
-    up to the feature layer, minus [CLS] under the `"default"` feature strategy.
+    """`<image>` placeholders per image for a (Turbo)LLaVA config: `image_tokens` of the tower up to the feature
+    layer, with the layer cost the config gives.
 
     Args:
         config: a `LlavaConfig` or `TurboLlavaConfig`.
@@ -88,8 +99,8 @@ def image_token_count(config, turbo_config=None, height: int | None = None, widt
     check_feature_layer(config.vision_feature_layer, turbo_config)
     vision = config.vision_config
     depth = feature_depth(config.vision_feature_layer, vision.num_hidden_layers)
-    count = merged_token_count(turbo_config, tower_tokens(vision, height, width), depth, clip_layer_cost(vision))
-    return count - int(config.vision_feature_select_strategy == "default")
+    runtime = tower_runtime(turbo_config, depth, clip_layer_cost(vision))
+    return image_tokens(runtime, tower_tokens(vision, height, width), config.vision_feature_select_strategy)
 
 
 __all__ = [
@@ -97,6 +108,7 @@ __all__ = [
     "clip_layer_cost",
     "feature_depth",
     "image_token_count",
-    "merged_token_count",
+    "image_tokens",
+    "tower_runtime",
     "tower_tokens",
 ]

@@ -1,7 +1,9 @@
 """Reducing image tokens INSIDE a decoder-only language model (FastV-style placement, Turbo's scoring).
 
-Model-agnostic pieces; a family adapter (`modeling_turbo_llava.py`) computes the per-layer keys and text-query attention
-rows and calls these. Shapes: `B` batch, `L` tokens in the current sequence, `G` images per sample, `n` tokens per
+Model-agnostic pieces; a language model's forward (`llm_token_reduction_llama.py` for Llama) computes the per-layer
+keys and text-query attention rows and calls these, with the masks of `llm_token_masks.py`. The settings are
+`TurboConfig.llm_layers`, `llm_keep` and `llm_text_query`, with the shared `mode`, `alpha`, `alpha_scale`,
+`reduction` and `seed`. Shapes: `B` batch, `L` tokens in the current sequence, `G` images per sample, `n` tokens per
 image, `KV` key/value columns of a layer's cache.
 
 How the language model runs with a reduction before decoder layer `K` (the design these functions serve):
@@ -15,10 +17,13 @@ How the language model runs with a reduction before decoder layer `K` (the desig
   (its RoPE rotation), a merged token the position of the token it merged into.
 - Cache: layers >= K store only the kept tokens (plus every later token), so their caches are shorter than the
   first layers'. `ReducedCacheState` (kept on the cache object) maps each slot of such a layer's cache to a column of
-  the full-length cache (`stage_key_columns`).
+  the full-length cache (`stage_key_columns`; both in `llm_token_masks.py`).
 - Masks: the full-length mask (causal + padding, as the model builds it for layer 0) is built once per call; the
   mask of layers >= K is its kept rows and columns (`gather_mask`), so causality and padding stay exactly as they
-  were. With proportional attention, merged tokens add `log(size)` to their key column.
+  were. Under proportional attention a merged token's `log(size)` (vision sizes times LLM merges) is its key bias in
+  every later layer (`LayerStep.attention_bias` of the request's `bias_step`), prefill and decoding.
+- Output: the prefill's output is restored to the input length (`restore_length`: a merged token's positions get its
+  final hidden state, pruned ones zeros), so logits line up with `input_ids`.
 """
 
 from __future__ import annotations
@@ -27,32 +32,40 @@ from dataclasses import dataclass
 
 import torch
 
+from .configuration_turbo import TurboConfig
 from .merging import bipartite_plan, max_reduction, merge_tokens
+from .turbo_encoder import LayerStep
 
-STATE_ATTRIBUTE = "turbo_llm_state"
 # largest share of the tokens one bipartite round removes (<= 1/2, the most a round can remove)
 ROUND_FRACTION = 0.25
 
 
 @dataclass
-class ReducedCacheState:
-    """What a KV cache needs after its prefill removed image tokens in some layers.
+class LLMReductionRequest:
+    """What a language model needs from its multimodal model to reduce image tokens during a prefill.
 
-    Attributes:
-        layers: the first decoder layer of each reduced stage (`llm_layers`).
-        prefill_length: full-length cache columns written by the prefill.
-        columns: per stage, (B, n_s) the full-cache column of each token the stage's layers hold from the prefill.
-        key_bias: per stage, (B, n_s) float32 `log(size)` of those tokens, or None (no proportional attention).
+    Args:
+        is_image: (B, Q) bool, the image tokens of this call.
+        tokens_per_image: image tokens of one image.
+        sizes: (B, Q, 1) float32 input patches each token stands for after the vision tower (1 for text), or None.
+        key_bias: (B, Q) the part of it that the layer-0 mask carries as a key bias (proportional attention), or None.
+        bias_step: a step whose `attention_bias(size)` gives the key bias of tokens after an in-LLM reduction (the
+            core's rule: `log(size)` under proportional attention with `reduction="merge"`, else None).
+        config: the Turbo settings.
     """
 
-    layers: list[int]
-    prefill_length: int
-    columns: list[torch.Tensor]
-    key_bias: list[torch.Tensor | None]
+    is_image: torch.Tensor
+    tokens_per_image: int
+    sizes: torch.Tensor | None
+    key_bias: torch.Tensor | None
+    bias_step: LayerStep
+    config: TurboConfig
 
-    @property
-    def batch_size(self) -> int:
-        return self.columns[0].shape[0]
+
+def step_key_bias(step: LayerStep, size: torch.Tensor) -> torch.Tensor | None:
+    """The (B, L) float32 key bias of tokens of sizes (B, L, 1) under `step.attention_bias`, or None."""
+    bias = step.attention_bias(size, torch.float32)
+    return None if bias is None else bias[:, 0, 0]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -351,72 +364,12 @@ def restore_length(hidden: torch.Tensor, holder: torch.Tensor) -> torch.Tensor:
     return restored.masked_fill((holder < 0)[..., None], 0)
 
 
-# ------------------------------------------------------------------------------------------------------------
-# Masks from kept columns
-# ------------------------------------------------------------------------------------------------------------
-
-
-def allowed_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """A 4D mask (bool: True = attend; float: 0/bias = attend, dtype minimum = masked) as bool."""
-    if mask.dtype == torch.bool:
-        return mask
-    return mask > torch.finfo(mask.dtype).min / 2
-
-
-def stage_key_columns(
-    kept_columns: torch.Tensor, prefill_length: int, kv_length: int, full_kv_length: int
-) -> torch.Tensor:
-    """Full-cache column of every key slot of a reduced layer: (B, kv_length), -1 where the slot is unused.
-
-    A reduced layer's cache holds the `n` prefill tokens it kept (`kept_columns`, (B, n)) then every later token in
-    order (full columns `prefill_length`, `prefill_length + 1`, ...); a static cache has unused slots at the end.
-    """
-    batch, kept = kept_columns.shape
-    later = torch.arange(kv_length - kept, device=kept_columns.device) + prefill_length
-    later = torch.where(later < full_kv_length, later, -1)
-    return torch.cat([kept_columns, later.expand(batch, -1)], dim=1)
-
-
-def gather_mask(allowed: torch.Tensor, rows: torch.Tensor | None, columns: torch.Tensor) -> torch.Tensor:
-    """The rows and columns of a full 4D bool mask (B, 1, Q, KV) kept by a reduction.
-
-    Args:
-        allowed: (B, 1, Q, KV) bool.
-        rows: (B, Q') query rows to keep, or None for all.
-        columns: (B, KV') full columns of the reduced keys, -1 for unused slots (masked).
-    """
-    mask = allowed[:, 0]
-    if rows is not None:
-        mask = mask.gather(1, rows[..., None].expand(-1, -1, mask.shape[-1]))
-    index = columns.clamp_min(0)[:, None, :].expand(-1, mask.shape[1], -1)
-    return (mask.gather(2, index) & (columns >= 0)[:, None, :])[:, None]
-
-
-def finalize_mask(
-    allowed: torch.Tensor, bias: torch.Tensor | None, implementation: str, dtype: torch.dtype
-) -> torch.Tensor:
-    """The mask a layer takes: bool for SDPA without a bias, else float (bias where allowed, dtype minimum elsewhere).
-
-    Args:
-        allowed: (B, 1, Q, KV) bool.
-        bias: optional (B, KV) additive key bias (`log(size)`).
-    """
-    if bias is None and implementation == "sdpa":
-        return allowed
-    value = torch.zeros((), dtype=dtype, device=allowed.device) if bias is None else bias[:, None, None, :].to(dtype)
-    return torch.where(allowed, value, torch.finfo(dtype).min)
-
-
 __all__ = [
+    "LLMReductionRequest",
     "ROUND_FRACTION",
-    "STATE_ATTRIBUTE",
-    "ReducedCacheState",
     "ReductionSettings",
     "StageReduction",
-    "allowed_from_mask",
-    "finalize_mask",
     "follow",
-    "gather_mask",
     "gather_tokens",
     "image_groups",
     "query_attention",
@@ -424,6 +377,6 @@ __all__ = [
     "reduce_image_tokens",
     "restore_length",
     "semantic_from_queries",
-    "stage_key_columns",
+    "step_key_bias",
     "text_queries",
 ]

@@ -6,31 +6,19 @@ What changes against the stock model:
   last one) and Turbo merges tokens in them; the projector sees the merged tokens (N' instead of N).
 - Language model: every image token stands for `size` patches. Proportional attention adds `log(size)` to
   the attention logits of every query on those image-token keys: the model builds the 4D float mask of the
-  language model itself (the stock causal/padding mask plus the bias). The per-position bias is kept on the
-  KV cache object (`past_key_values.turbo_image_key_bias`, shape (B, seen tokens)), so each later decoding
-  step in `generate()` (which no longer sees the image) applies it to the cached image keys as well.
-  `generate()` encodes the images once with `get_image_features` and expands (beam search) or slices (chunked
-  prefill) the output's `pooler_output` and `deepstack_features`; the per-feature `log(size)` travels in the
-  latter, so it stays aligned with the features.
+  language model itself (the stock causal/padding mask plus the bias, `llm_token_masks.image_bias_mask`). The
+  per-position bias is kept on the KV cache object, so each later decoding step in `generate()` (which no longer
+  sees the image) applies it to the cached image keys as well. `generate()` encodes the images once with
+  `get_image_features` and expands (beam search) or slices (chunked prefill) the output's `pooler_output` and
+  `deepstack_features`; the per-feature size travels in the latter, so it stays aligned with the features. The
+  bias follows the core's rule (`LayerStep.attention_bias`: proportional attention with `reduction="merge"`).
 - Placeholders: the text must hold N' `<image>` tokens per image; `TurboLlavaProcessor`
-  (`processing_turbo_llava.py`) counts them with the same schedule code, and a mismatch raises an error
-  that names both counts.
-
-- Inside the language model (`llm_layers`, `llm_keep`; off by default): before each decoder layer `K` in
-  `llm_layers` (K >= 1), every image keeps `llm_keep[i]` of its tokens. Redundancy comes from the image tokens'
-  keys at layer K (`k_proj` of the normalised hidden states, before the rotary embedding, averaged over heads),
-  the semantic value from the attention the text queries pay to them (the last prompt token, or all text tokens:
-  `llm_text_query`), computed as a few attention rows with RoPE applied as the layer applies it (no L x L matrix,
-  so SDPA keeps its kernels); `mode`, `alpha`, `alpha_scale`, `reduction` and `seed` are the shared settings.
-  Removed tokens leave the sequence for layers >= K: the hidden states shrink, kept tokens keep their original
-  position ids, the KV cache of layers >= K holds only kept tokens, and their masks are the kept rows/columns of the
-  full causal + padding mask (`TurboLlavaTextModel` in `llama_token_reduction.py`, on `llm_token_reduction.py`). Under proportional attention
-  (`reduction="merge"`), a merged token's `log(size)` (vision sizes times LLM merges) is its key bias in every
-  later layer, prefill and decoding. The output of the prefill is restored to the input length (a merged token's
-  positions get its final hidden state, pruned ones zeros), so logits line up with `input_ids`.
-  Requirements: a Llama language model with eager or SDPA attention; every sample of a batch holds the same
-  number of images; the whole prompt in one forward (no chunked prefill); one new token per cached forward
-  afterwards. Without a KV cache (`use_cache=False`) every forward selects again with its own last token.
+  (`processing_turbo_llava.py`) counts them with the model's count (`llava_token_counts.image_tokens`), and a
+  mismatch raises an error that names both counts.
+- Inside the language model (`llm_layers`, `llm_keep`, `llm_text_query`; off by default): before each decoder
+  layer `K` in `llm_layers`, every image keeps `llm_keep[i]` of its tokens, scored with the shared Turbo settings;
+  removed tokens leave the sequence and the KV cache of layers >= K (`TurboLlamaModel` in
+  `llm_token_reduction_llama.py`, on the model-agnostic `llm_token_reduction.py` and `llm_token_masks.py`).
 
 With `r=0` and no `llm_layers` nothing of this is used: logits and generated ids are the stock ones, bit for bit.
 
@@ -44,11 +32,9 @@ is not supported: its `pack_image_features` reshapes the features into the full 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import Cache
-from transformers.masking_utils import create_causal_mask, find_first_full_attention_index
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoder, CLIPEncoderLayer, CLIPVisionModel
 from transformers.models.llama.modeling_llama import LlamaModel
 from transformers.models.llava.configuration_llava import LlavaConfig
@@ -58,110 +44,25 @@ from transformers.models.llava.modeling_llava import (
     LlavaModelOutputWithPast,
 )
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
-from transformers.utils.output_capturing import capture_outputs
 
-from .modeling_turbo_clip import TurboCLIPAttention, TurboCLIPEncoderLayer
 from .compat import cache_kwargs, cache_of, model_output, pop_cache
 from .configuration_turbo import TurboConfig, as_turbo_config
+from .configuration_turbo_llava import TurboLlavaConfig
 from .hub_export import TurboHubMixin
-from .llama_token_reduction import MASK_IMPLEMENTATIONS, LLMReductionRequest, TurboLlavaTextModel, check_llm_reduction
-from .llava_token_counts import check_feature_layer, feature_depth, tower_tokens
+from .llava_token_counts import check_feature_layer, feature_depth, image_tokens, tower_runtime, tower_tokens
+from .llava_vision_tower import TurboLlavaCLIPEncoder, TurboLlavaImageOutput, run_tower
+from .llm_token_masks import CACHE_BIAS_ATTRIBUTE, image_bias_mask
+from .llm_token_reduction import LLMReductionRequest, step_key_bias
+from .llm_token_reduction_llama import TurboLlamaModel, check_llm_reduction
+from .modeling_turbo_clip import TurboCLIPAttention, TurboCLIPEncoderLayer
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
-from .turbo_encoder import TurboModelOutputWithPooling, TurboRuntime, run_layers
-
-CACHE_BIAS_ATTRIBUTE = "turbo_image_key_bias"
+from .turbo_encoder import LayerStep, TurboRuntime
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Config, outputs, vision tower pieces
-# ----------------------------------------------------------------------------------------------------------
-
-
-class TurboLlavaConfig(LlavaConfig):
-    """`LlavaConfig` with a `turbo_config` (`TurboConfig`, for the vision tower) inside `config.json`.
-
-    `turbo_config` covers the vision layers up to `vision_feature_layer` (a list `r` has one entry per such
-    layer: `num_hidden_layers - 1` of them for the default -2).
-    """
-
-    model_type = "turbo_llava"
-    sub_configs_defaults = {**LlavaConfig.sub_configs_defaults, "turbo_config": TurboConfig}
-    turbo_config: dict | TurboConfig | None = None
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        check_feature_layer(self.vision_feature_layer, self.turbo_config)
-
-
-@dataclass
-class TurboLlavaImageOutput(TurboModelOutputWithPooling):
-    """What `TurboLlavaModel.get_image_features` returns.
-
-    Args:
-        last_hidden_state (`torch.Tensor` of shape `(num_images, N' + 1, hidden_size)`):
-            The vision tower's hidden state at `vision_feature_layer` (merged tokens, [CLS] first).
-        pooler_output (`list[torch.Tensor]`):
-            The projected image features, one `(N', text_hidden_size)` tensor per image (what the language model
-            receives).
-        token_sizes, token_source: as in `TurboModelOutputWithPooling`, for `last_hidden_state`.
-        deepstack_features (`list[list[torch.Tensor]]`, *optional*):
-            `[[log_sizes_image_0, log_sizes_image_1, ...]]`, one `(N', 1)` float32 tensor per image: the `log(size)`
-            attention bias of each image feature inside the language model (None when nothing merged). It uses this
-            name because it is the per-placeholder field that `generate()` expands for beam search and slices for
-            chunked prefill together with `pooler_output`, so the bias follows the features everywhere.
-    """
-
-    deepstack_features: list | None = None
-
-
-class TurboLlavaCLIPEncoder(CLIPEncoder):
-    """The CLIP encoder inside a Turbo LLaVA: its layers run through `TurboLlavaModel.get_image_features`."""
-
-    def forward(self, *args, **kwargs):
-        # Copied from transformers.models.clip.modeling_clip.CLIPEncoder.forward (v5.24)
-        raise ValueError(
-            "Under Turbo, the LLaVA vision tower runs through `get_image_features` of the LLaVA model (it merges "
-            "tokens only in the layers that feed the language model). Call `model.get_image_features(pixel_values)`, "
-            "or `turbo_hf.remove_turbo(model)` to use the stock tower."
-        )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Language model: image tokens reduced inside the LLM (`llm_layers`, `llm_keep`)
-# ----------------------------------------------------------------------------------------------------------
 # ----------------------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------------------
-
-
-@capture_outputs(tie_last_hidden_states=False)
-def _tower_forward(
-    tower, hidden: torch.Tensor, runtime: TurboRuntime, depth: int, **kwargs
-) -> TurboModelOutputWithPooling:
-    """The CLIP tower's layers on its embeddings, recording `hidden_states`/`attentions` as the stock tower does.
-
-    `last_hidden_state` is the output of the first `depth` layers (Turbo merges there). When hidden states are
-    asked for, the later layers run too, merging nothing (merged tokens keep their `log(size)` bias), so that
-    `hidden_states` has one entry per layer like the stock tower's and `hidden_states[vision_feature_layer]` is
-    the feature layer.
-    """
-    layers = tower.encoder.layers
-    hidden, size, source = run_layers(layers[:depth], hidden, runtime)
-    if kwargs.get("output_hidden_states") and depth < len(layers):
-        config = runtime.config
-        plain = TurboRuntime(TurboConfig(), len(layers), runtime.cost, protect_first=True, summary_query="cls")
-        merged = size.shape[1] != source.shape[1]
-        state, state_size, state_source = hidden, size, source
-        for idx in range(depth, len(layers)):
-            step = dataclasses.replace(
-                plain.steps(state.shape[1])[idx],
-                merged_before=merged,
-                reduction=config.reduction,
-                proportional_attention=config.proportional_attention,
-            )
-            state, state_size, state_source = layers[idx](state, state_size, state_source, step, None)
-    return TurboModelOutputWithPooling(last_hidden_state=hidden, token_sizes=size, token_source=source)
 
 
 class TurboLlavaModel(TurboHubMixin, LlavaModel):
@@ -173,8 +74,7 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
 
     def __init__(self, config: LlavaConfig):
         super().__init__(config)
-        apply_turbo_from_config(self)
-        check_llm_reduction(self, self.turbo_runtime.config)
+        apply_turbo_from_config(self)  # `llm_layers`/`llm_keep` are checked there (`_validate_llava`)
 
     # -- vision --------------------------------------------------------------------------------------------
 
@@ -189,16 +89,18 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
                 f"tokens there; this call selects a feature layer that needs {depth} layers. Change "
                 "`config.vision_feature_layer` and apply Turbo again, or use r=0."
             )
-        return TurboRuntime(TurboConfig(), depth, runtime.cost, protect_first=True, summary_query="cls")
+        return tower_runtime(TurboConfig(), depth, runtime.cost)
+
+    def _bias_step(self, merged: bool) -> LayerStep:
+        """A step after the tower's Turbo layers that removes nothing: its `attention_bias(size)` is the core's
+        `log(size)` rule for tokens that `merged` (vision merging or an in-LLM merge)."""
+        step = self.turbo_runtime.steps(tower_tokens(self.config.vision_config))[-1]
+        return dataclasses.replace(step, r=0, merged_before=merged)
 
     def num_image_tokens(self, height: int | None = None, width: int | None = None) -> int:
         """`<image>` placeholders per image this model expects (from its own Turbo runtime)."""
-        vision = self.config.vision_config
-        tokens = tower_tokens(vision, height, width)
-        runtime = self.turbo_runtime
-        if not runtime.config.restore_output:
-            tokens -= sum(runtime.schedule(tokens))
-        return tokens - int(self.config.vision_feature_select_strategy == "default")
+        tokens = tower_tokens(self.config.vision_config, height, width)
+        return image_tokens(self.turbo_runtime, tokens, self.config.vision_feature_select_strategy)
 
     @merge_with_config_defaults
     @can_return_tuple
@@ -213,7 +115,7 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
         """Image features after Turbo: the tower runs only up to the feature layer, merging tokens on the way.
 
         Returns:
-            `TurboLlavaImageOutput`: projected features per image in `pooler_output`, their `log(size)` in
+            `TurboLlavaImageOutput`: projected features per image in `pooler_output`, their sizes in
             `deepstack_features[0]`.
         """
         # Copied from transformers.models.llava.modeling_llava.LlavaModel.get_image_features (v5.24)
@@ -227,14 +129,14 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
         runtime = self._feature_runtime(depth)
 
         hidden = tower.pre_layrnorm(tower.embeddings(pixel_values, interpolate_pos_encoding=False))
-        num_tokens = hidden.shape[1]
         asked = kwargs.get("output_hidden_states", self.config.output_hidden_states)
         single = isinstance(vision_feature_layer, int)  # else no token is removed (checked above)
-        run = _tower_forward(
+        run = run_tower(
             tower,
             hidden,
             runtime,
             depth,
+            self._bias_step,
             output_hidden_states=bool(asked) or not single,
             output_attentions=kwargs.get("output_attentions", self.config.output_attentions),
         )
@@ -250,7 +152,7 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
             features, feature_sizes = features[:, 1:], feature_sizes[:, 1:]
         image_features = self.multi_modal_projector(features)
 
-        merged = not runtime.config.restore_output and sum(runtime.schedule(num_tokens)) > 0
+        merged = size.shape[1] != source.shape[1]  # False under `restore_output`
         return TurboLlavaImageOutput(
             last_hidden_state=hidden,
             pooler_output=list(image_features),
@@ -258,7 +160,7 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
             token_source=source,
             hidden_states=run.hidden_states if asked else None,
             attentions=run.attentions,
-            deepstack_features=[list(torch.log(feature_sizes.float()))] if merged else None,
+            deepstack_features=[list(feature_sizes.float())] if merged else None,
         )
 
     # -- placeholders --------------------------------------------------------------------------------------
@@ -294,83 +196,6 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
                 "was saved after syncing)."
             )
         return special_image_mask.unsqueeze(-1).to(inputs_embeds.device)
-
-    # -- language model mask -------------------------------------------------------------------------------
-
-    def _proportional_llm(self) -> bool:
-        config = self.turbo_runtime.config
-        return config.proportional_attention and config.reduction == "merge" and not config.restore_output
-
-    def _language_model_mask(
-        self,
-        inputs_embeds: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        past_key_values: Cache | None,
-        position_ids: torch.Tensor | None,
-        chunk_bias: torch.Tensor | None,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The language model's attention mask with the `log(size)` bias on image-token keys.
-
-        Returns `(mask, key_bias)`: the stock `attention_mask` and None when no key carries a bias; else a 4D
-        float mask and the per-position bias of every token seen so far (B, past + Q), to keep on the cache.
-        """
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
-        previous = getattr(past_key_values, CACHE_BIAS_ATTRIBUTE, None) if past else None  # a reset cache has none
-        if chunk_bias is None and previous is None:
-            return attention_mask, None
-        batch, q_length = inputs_embeds.shape[:2]
-        key_bias = torch.zeros(batch, past + q_length, device=inputs_embeds.device, dtype=torch.float32)
-        if previous is not None:
-            if previous.shape[0] != batch:
-                raise ValueError(
-                    f"The KV cache holds a Turbo image bias for a batch of {previous.shape[0]}, this call has {batch}."
-                )
-            kept = min(previous.shape[1], past)
-            key_bias[:, :kept] = previous[:, :kept].to(key_bias.device)
-        if chunk_bias is not None:
-            key_bias[:, past:] = chunk_bias
-
-        text_config = self.language_model.config
-        implementation = text_config._attn_implementation
-        if implementation not in MASK_IMPLEMENTATIONS:
-            raise ValueError(
-                f"Proportional attention on merged image tokens adds a float bias to the language model's mask, which "
-                f"`{implementation}` cannot take. Load the model with attn_implementation='sdpa' or 'eager', or set "
-                "`proportional_attention=False` in the Turbo config."
-            )
-        layer_types = set(getattr(text_config, "layer_types", None) or ["full_attention"])
-        if layer_types != {"full_attention"} or getattr(text_config, "sliding_window", None) is not None:
-            raise ValueError(
-                "Proportional attention on merged image tokens is implemented for language models with full causal "
-                f"attention (Llama, Vicuna); this one has {sorted(layer_types)} layers / a sliding window. "
-                "Set `proportional_attention=False` in the Turbo config."
-            )
-        if attention_mask is not None and attention_mask.ndim == 4:
-            base = attention_mask
-        else:
-            if position_ids is None:
-                position_ids = (torch.arange(q_length, device=inputs_embeds.device) + past).unsqueeze(0)
-            base = create_causal_mask(
-                config=text_config,
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                allow_is_causal_skip=False,
-                **cache_kwargs(past_key_values),
-            )
-        kv_length, kv_offset = base.shape[-1], 0
-        if past_key_values is not None:
-            _, kv_offset = past_key_values.get_mask_sizes(q_length, find_first_full_attention_index(past_key_values))
-        columns = torch.arange(kv_length, device=key_bias.device) + int(kv_offset)
-        known = columns < key_bias.shape[1]
-        bias = torch.zeros(batch, kv_length, device=key_bias.device, dtype=torch.float32)
-        bias[:, known] = key_bias[:, columns[known]]
-        bias = bias[:, None, None, :].to(device=base.device, dtype=inputs_embeds.dtype)
-        if base.dtype == torch.bool:
-            mask = torch.where(base, bias, torch.finfo(inputs_embeds.dtype).min)
-        else:
-            mask = base + bias
-        return mask, key_bias
 
     @can_return_tuple
     def forward(
@@ -415,7 +240,7 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
             check_llm_reduction(self, turbo)  # a stock model patched with `apply_turbo` is checked here
             self.turbo_runtime.llm_checked = True
 
-        image_features, chunk_bias, image_log_sizes = None, None, None
+        image_features, sizes = None, None
         if image_outputs is not None:
             features = image_outputs.pooler_output
             image_features = torch.cat(list(features), dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
@@ -423,25 +248,24 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
                 input_ids, inputs_embeds=inputs_embeds, image_features=image_features, num_images=len(features)
             )
             inputs_embeds = inputs_embeds.masked_scatter(special_image_mask, image_features)
-            log_sizes = getattr(image_outputs, "deepstack_features", None)
-            if log_sizes is not None and (reduce_in_llm or self._proportional_llm()):
-                values = torch.cat([value.reshape(-1) for value in log_sizes[0]]).float()
-                image_log_sizes = torch.zeros(inputs_embeds.shape[:2], device=inputs_embeds.device, dtype=torch.float32)
-                image_log_sizes[special_image_mask[..., 0]] = values.to(image_log_sizes.device)
-                if self._proportional_llm():
-                    chunk_bias = image_log_sizes
+            feature_sizes = getattr(image_outputs, "deepstack_features", None)
+            if feature_sizes is not None:
+                sizes = torch.ones(*inputs_embeds.shape[:2], 1, device=inputs_embeds.device, dtype=torch.float32)
+                sizes[special_image_mask[..., 0]] = torch.cat(feature_sizes[0]).float().to(sizes.device)
+        bias_step = self._bias_step(merged=True)
+        chunk_bias = None if sizes is None else step_key_bias(bias_step, sizes)
 
-        attention_mask, key_bias = self._language_model_mask(
-            inputs_embeds, attention_mask, past_key_values, position_ids, chunk_bias
+        attention_mask, key_bias = image_bias_mask(
+            self.language_model.config, inputs_embeds, attention_mask, past_key_values, position_ids, chunk_bias
         )
         if reduce_in_llm and image_outputs is not None:
             # the vision sizes weigh LLM merges; the layers after each reduction take their own masks
             kwargs["turbo_llm"] = LLMReductionRequest(
                 is_image=special_image_mask[..., 0],
                 tokens_per_image=self.num_image_tokens(),
-                log_sizes=image_log_sizes,
+                sizes=sizes,
                 key_bias=chunk_bias,
-                proportional=self._proportional_llm(),
+                bias_step=bias_step,
                 config=turbo,
             )
         outputs = self.language_model(
@@ -488,8 +312,7 @@ class TurboLlavaForConditionalGeneration(TurboHubMixin, LlavaForConditionalGener
 
     def __init__(self, config: LlavaConfig):
         super().__init__(config)
-        apply_turbo_from_config(self)
-        check_llm_reduction(self.model, self.model.turbo_runtime.config)
+        apply_turbo_from_config(self)  # `llm_layers`/`llm_keep` are checked there (`_validate_llava`)
 
 
 def turbo_summary(config) -> str:
@@ -497,15 +320,6 @@ def turbo_summary(config) -> str:
     settings = as_turbo_config(config).settings()
     keys = ("r", "flops_ratio", "schedule", "min_tokens", "restore_output")
     return ", ".join(f"{k}={settings[k]!r}" for k in keys if settings[k] not in (None, False, 0, "constant"))
-
-
-def llava_runtime(model) -> TurboRuntime | None:
-    """The Turbo runtime of a (patched) LLaVA model or of its inner `LlavaModel`; None when not patched."""
-    for module in (model, getattr(model, "model", None)):
-        runtime = getattr(module, "turbo_runtime", None) if module is not None else None
-        if runtime is not None:
-            return runtime
-    return None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -557,7 +371,7 @@ register_adapter(
             CLIPEncoder: TurboLlavaCLIPEncoder,
             CLIPEncoderLayer: TurboCLIPEncoderLayer,
             CLIPAttention: TurboCLIPAttention,
-            LlamaModel: TurboLlavaTextModel,
+            LlamaModel: TurboLlamaModel,
         },
         attention_attr="self_attn",
         mlp_attr="mlp",
@@ -573,6 +387,5 @@ __all__ = [
     "TurboLlavaForConditionalGeneration",
     "TurboLlavaImageOutput",
     "TurboLlavaModel",
-    "llava_runtime",
     "turbo_summary",
 ]

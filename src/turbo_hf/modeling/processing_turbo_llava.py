@@ -1,5 +1,5 @@
 """`TurboLlavaProcessor`: a `LlavaProcessor` that expands each `<image>` into as many placeholders as a Turbo
-LLaVA model gives features per image (the merged token count), computed with the model's schedule code."""
+LLaVA model gives features per image: the model's own count, `llava_token_counts.image_tokens`."""
 
 from __future__ import annotations
 
@@ -8,10 +8,20 @@ from transformers.image_utils import get_image_size, to_numpy_array
 from transformers.models.llava.processing_llava import LlavaProcessor
 from transformers.processing_utils import MultiModalData
 
-from .modeling_turbo_llava import TurboLlavaConfig, llava_runtime
-from .llava_token_counts import check_feature_layer, clip_layer_cost, feature_depth, merged_token_count
 from .configuration_turbo import TurboConfig, as_turbo_config
+from .llava_token_counts import check_feature_layer, clip_layer_cost, feature_depth, image_tokens, tower_runtime
+from .modeling_turbo_llava import TurboLlavaConfig  # also registers the LLaVA family (`clip_layer_cost` uses it)
 from .schedules import LayerCost
+from .turbo_encoder import TurboRuntime
+
+
+def llava_runtime(model) -> TurboRuntime | None:
+    """The Turbo runtime of a (patched) LLaVA model or of its inner `LlavaModel`; None when not patched."""
+    for module in (model, getattr(model, "model", None)):
+        runtime = getattr(module, "turbo_runtime", None) if module is not None else None
+        if runtime is not None:
+            return runtime
+    return None
 
 
 class TurboLlavaProcessor(LlavaProcessor):
@@ -92,6 +102,7 @@ class TurboLlavaProcessor(LlavaProcessor):
         self.turbo_config = turbo_config
         self.turbo_num_layers = None if num_layers is None else int(num_layers)
         self.turbo_layer_cost = layer_cost
+        self._runtime = None  # built on the first count
 
     def sync_with(self, model_or_config) -> "TurboLlavaProcessor":
         """Take the patch size, feature strategy and Turbo settings of a (Turbo) LLaVA model or config.
@@ -133,12 +144,10 @@ class TurboLlavaProcessor(LlavaProcessor):
     def num_image_tokens(self, height: int, width: int) -> int:
         """`<image>` placeholders for one image of `height` x `width` pixels (after the image processor)."""
         tokens = (height // self.patch_size) * (width // self.patch_size) + self.num_additional_image_tokens
-        if self.turbo_config is not None:
-            cost = LayerCost(*self.turbo_layer_cost)
-            tokens = merged_token_count(self.turbo_config, tokens, self.turbo_num_layers, cost)
-        if self.vision_feature_select_strategy == "default":
-            tokens -= 1
-        return tokens
+        if self.turbo_config is not None and self._runtime is None:
+            cost = LayerCost(*self.turbo_layer_cost)  # the cost `sync_with` took, as saved in processor_config.json
+            self._runtime = tower_runtime(self.turbo_config, self.turbo_num_layers, cost)
+        return image_tokens(self._runtime, tokens, self.vision_feature_select_strategy)
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         # Copied from transformers.models.llava.processing_llava.LlavaProcessor.replace_image_token (v5.24)

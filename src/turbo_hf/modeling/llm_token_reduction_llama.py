@@ -1,44 +1,50 @@
-"""Image tokens reduced inside a Llama language model: the Llama-specific half of `llm_token_reduction.py`.
+"""Image tokens reduced inside a Llama language model: the Llama half of the in-LLM reduction.
 
-`TurboLlavaTextModel` is the `LlamaModel` inside a Turbo LLaVA; `llama_reduction_scores` scores the tokens at
-the input of a decoder layer; `check_llm_reduction` refuses settings a model cannot run. See the docstring of
-`modeling_turbo_llava.py` for what the reduction does.
+`TurboLlamaModel` is the `LlamaModel` inside a Turbo LLaVA (swapped in by `apply_turbo` when `llm_layers` is set, a
+plain `LlamaModel.forward` otherwise); `llama_reduction_scores` scores the tokens at the input of a decoder layer;
+`check_llm_reduction` refuses settings a LLaVA model cannot run. The selection is `llm_token_reduction.py`, the
+masks `llm_token_masks.py`.
+
+Requirements: a Llama language model with eager or SDPA attention; every sample of a batch holds the same number of
+images; the whole prompt in one forward (no chunked prefill); one new token per cached forward afterwards. Without a
+KV cache (`use_cache=False`) every forward selects again with its own last token.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.masking_utils import create_causal_mask, find_first_full_attention_index
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaModel, repeat_kv, rotate_half
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .compat import cache_kwargs, model_output, pop_cache
-from .configuration_turbo import TurboConfig, as_turbo_config
+from .configuration_turbo import as_turbo_config
 from .llava_token_counts import image_token_count
-from .llm_token_reduction import (
+from .llm_token_masks import (
     STATE_ATTRIBUTE,
+    FullMask,
     ReducedCacheState,
-    ReductionSettings,
-    allowed_from_mask,
+    check_full_attention,
     finalize_mask,
-    follow,
     gather_mask,
+    stage_key_columns,
+)
+from .llm_token_reduction import (
+    LLMReductionRequest,
+    ReductionSettings,
+    follow,
     gather_tokens,
     query_attention,
     reduce_image_tokens,
     restore_length,
     semantic_from_queries,
-    stage_key_columns,
+    step_key_bias,
     text_queries,
 )
 from .merging import key_metric
-
-MASK_IMPLEMENTATIONS = ("eager", "sdpa")
 
 
 def check_llm_reduction(llava_model, turbo_config) -> None:
@@ -53,26 +59,18 @@ def check_llm_reduction(llava_model, turbo_config) -> None:
         return
     language_model = llava_model.language_model
     text_config = language_model.config
-    if type(language_model) not in (LlamaModel, TurboLlavaTextModel):  # subclasses may change what the loop does
+    if type(language_model) not in (LlamaModel, TurboLlamaModel):  # subclasses may change what the loop does
         raise ValueError(
             "Image token reduction inside the language model (`llm_layers`) supports Llama-style decoders "
             f"(`LlamaModel`: q_proj/k_proj and rotary position embeddings); this LLaVA's language model is "
             f"{type(language_model).__name__} (model_type={getattr(text_config, 'model_type', None)!r}). "
             "Remove `llm_layers`/`llm_keep` from the Turbo config."
         )
-    layer_types = set(getattr(text_config, "layer_types", None) or ["full_attention"])
-    if layer_types != {"full_attention"} or getattr(text_config, "sliding_window", None) is not None:
-        raise ValueError(
-            "Image token reduction inside the language model needs full causal attention in every layer; this "
-            f"language model has {sorted(layer_types)} layers / a sliding window."
-        )
-    implementation = text_config._attn_implementation
-    if implementation not in MASK_IMPLEMENTATIONS:
-        raise ValueError(
-            "Image token reduction inside the language model gives the layers after each reduction their own 4D "
-            f"attention mask, which `{implementation}` cannot take. Load the model with attn_implementation='sdpa' "
-            "or 'eager'."
-        )
+    check_full_attention(
+        text_config,
+        "Image token reduction inside the language model (`llm_layers`)",
+        "Without it: remove `llm_layers`/`llm_keep` from the Turbo config.",
+    )
     num_layers = len(language_model.layers[: text_config.num_hidden_layers])
     too_deep = [layer for layer in config.llm_layers if layer >= num_layers]
     if too_deep:
@@ -92,27 +90,6 @@ def check_llm_reduction(llava_model, turbo_config) -> None:
         entering = keep
     if config.reduction == "merge" and 0 in config.llm_keep:
         raise ValueError("`llm_keep=0` removes every image token: only `reduction='prune'` can do that.")
-
-
-@dataclass
-class LLMReductionRequest:
-    """What the language model needs from `TurboLlavaModel.forward` to reduce image tokens during a prefill.
-
-    Args:
-        is_image: (B, Q) bool, the image tokens of this call.
-        tokens_per_image: image tokens of one image.
-        log_sizes: (B, Q) float32 `log(size)` of each token after the vision tower (0 for text), or None.
-        key_bias: (B, Q) the part of it that the layer-0 mask carries as a bias (proportional attention), or None.
-        proportional: whether merged tokens add `log(size)` to their key column in later layers.
-        config: the Turbo settings.
-    """
-
-    is_image: torch.Tensor
-    tokens_per_image: int
-    log_sizes: torch.Tensor | None
-    key_bias: torch.Tensor | None
-    proportional: bool
-    config: TurboConfig
 
 
 def _rope(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -170,43 +147,7 @@ def llama_reduction_scores(
     return metric, semantic_from_queries(probs, rows, weights)
 
 
-class _FullMask:
-    """The full-length causal + padding mask of one forward as bool (B, 1, Q, KV) (call the object to get it).
-
-    It is the layer-0 mask (`causal_mask`) when that is materialized, else (SDPA's `is_causal` shortcut) the same
-    mask built without the shortcut; built before any layer updates the cache (its sizes come from the cache), and
-    only when `build` is True (a decoding step whose reduced layers all take the shortcut too needs none).
-    """
-
-    def __init__(self, config, inputs_embeds, attention_mask, past_key_values, position_ids, causal_mask, build):
-        self.allowed = None
-        if causal_mask is not None:
-            self.allowed = allowed_from_mask(causal_mask)
-        elif build:
-            mask = create_causal_mask(
-                config=config,
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                allow_is_causal_skip=False,
-                **cache_kwargs(past_key_values),
-            )
-            self.allowed = allowed_from_mask(mask)
-        if self.allowed is not None:
-            self.length = self.allowed.shape[-1]
-        elif past_key_values is not None:
-            layer = find_first_full_attention_index(past_key_values)
-            self.length = int(past_key_values.get_mask_sizes(inputs_embeds.shape[1], layer)[0])
-        else:
-            self.length = inputs_embeds.shape[1]
-
-    def __call__(self) -> torch.Tensor:
-        if self.allowed is None:
-            raise RuntimeError("The full-length mask was not built for this forward.")
-        return self.allowed
-
-
-class TurboLlavaTextModel(LlamaModel):
+class TurboLlamaModel(LlamaModel):
     """The Llama language model inside a Turbo LLaVA: reduces image tokens before the decoder layers `llm_layers`.
 
     Without a reduction request and without a reduced cache it IS `LlamaModel.forward` (the stock computation).
@@ -259,13 +200,13 @@ class TurboLlavaTextModel(LlamaModel):
     @capture_outputs
     def _reduced_forward(
         self,
+        turbo_llm: LLMReductionRequest | None,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        turbo_llm: LLMReductionRequest | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         # Copied from transformers.models.llama.modeling_llama.LlamaModel.forward (v5.24), changed: image tokens
@@ -290,7 +231,7 @@ class TurboLlavaTextModel(LlamaModel):
         )
         state = None if turbo_llm is not None else getattr(past_key_values, STATE_ATTRIBUTE)
         build = state is None or any(bias is not None for bias in state.key_bias)
-        full = _FullMask(self.config, inputs_embeds, attention_mask, past_key_values, position_ids, causal_mask, build)
+        full = FullMask(self.config, inputs_embeds, attention_mask, past_key_values, position_ids, causal_mask, build)
         hidden_states = inputs_embeds
         position_ids = position_ids.expand(batch, -1)
         cos, sin = self.rotary_emb(hidden_states, position_ids=position_ids)
@@ -311,8 +252,8 @@ class TurboLlavaTextModel(LlamaModel):
             holder = columns
             is_image = turbo_llm.is_image.to(hidden_states.device)
             size = torch.ones(batch, q_length, 1, device=hidden_states.device, dtype=torch.float32)
-            if turbo_llm.log_sizes is not None:
-                size = turbo_llm.log_sizes.to(hidden_states.device).float().exp()[..., None]
+            if turbo_llm.sizes is not None:
+                size = turbo_llm.sizes.to(hidden_states.device, torch.float32)
             key_bias = turbo_llm.key_bias
             per_image = turbo_llm.tokens_per_image
             saved_columns, saved_bias = [], []
@@ -361,7 +302,7 @@ class TurboLlavaTextModel(LlamaModel):
                     cos, sin = gather_tokens(cos, kept), gather_tokens(sin, kept)
                     holder = follow(holder, step.new_index)
                     per_image = keep
-                    key_bias = size[..., 0].log() if turbo_llm.proportional else None
+                    key_bias = step_key_bias(turbo_llm.bias_step, size)
                     length = hidden_states.shape[1]
                     kv_length = length
                     if past_key_values is not None:
@@ -409,9 +350,7 @@ class TurboLlavaTextModel(LlamaModel):
 
 
 __all__ = [
-    "LLMReductionRequest",
-    "MASK_IMPLEMENTATIONS",
-    "TurboLlavaTextModel",
+    "TurboLlamaModel",
     "check_llm_reduction",
     "llama_reduction_scores",
 ]
