@@ -29,8 +29,6 @@ from ..modeling.patching import is_turbo_applied, remove_turbo
 from .data import load_data, require_columns, row_texts, split_columns, text_values, to_rgb
 from .loading import (
     CAPTION_PROMPTS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     VQA_PROMPTS,
     decode_generated,
     generation_inputs,
@@ -242,8 +240,6 @@ def cli_main(run: Callable[[list[str] | None], int | None], argv: list[str] | No
 
 __all__ = [
     "CAPTION_PROMPTS",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "MODE_LABELS",
     "MODE_ORDER",
     "MODE_STYLES",

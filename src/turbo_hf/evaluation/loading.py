@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..modeling.patching import is_turbo_applied, remove_turbo
 from .data import to_rgb
@@ -56,10 +57,6 @@ def load_model(path: str, auto_classes: Sequence[str], dtype: str | None = None,
     return model.eval()
 
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
 def _vision_config(config):
     return getattr(config, "vision_config", None) or config
 
@@ -81,8 +78,8 @@ def image_preprocessor(path: str, model: nn.Module, image_size: int | None = Non
     if processor is None:
         import torch.nn.functional as F
 
-        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
 
         def fallback(images: list) -> torch.Tensor:
             out = []
