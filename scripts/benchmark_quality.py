@@ -20,35 +20,31 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits, load_sample_images
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from bench_common import (
-    Stopwatch,
-    extract,
-    gray_to_pixels,
-    load_model,
-    markdown_table,
-    metadata,
-    metadata_markdown,
-    normalize,
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if (REPO_ROOT / "src" / "turbo_hf").is_dir() and str(REPO_ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT / "src"))  # run from a checkout without installing the package
+
+from turbo_hf import TurboConfig, calibrate, turbo  # noqa: E402
+from turbo_hf.evaluation.arguments import comma_type  # noqa: E402
+from turbo_hf.evaluation.backbone import (  # noqa: E402
+    benchmark_metadata,
+    load_backbone,
     num_tokens,
     plan_for,
     r_for_speed_limit,
-    random_crop,
-    resize_center_crop,
-    save,
-    to_rgb01,
 )
-from turbo_hf import TurboConfig, calibrate, turbo
+from turbo_hf.evaluation.images import gray_to_pixels, normalize, random_crop, resize_center_crop, to_rgb01  # noqa: E402
+from turbo_hf.evaluation.probe import extract, fit_probe, probe_vector, stratified_split  # noqa: E402
+from turbo_hf.evaluation.tables import Stopwatch, markdown_table, metadata_markdown, save  # noqa: E402
 
 # name -> TurboConfig fields (without r). "stock" and "calibrated" are handled separately.
 SETTINGS: dict[str, dict] = {
@@ -73,31 +69,19 @@ PHOTOS_SKIMAGE = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field
 CALIBRATION_SKIMAGE = ["camera", "moon", "coins", "brick", "grass", "gravel", "text", "clock"]
 
 
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
-
-
-def _words(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="HF model folder (default: the real DINOv2-S/14)")
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
-    parser.add_argument("--r-probe", type=_ints, default=[4, 5], help="r values of the 112 px probe")
+    parser.add_argument("--r-probe", type=comma_type(int), default=[4, 5], help="r values of the 112 px probe")
     parser.add_argument("--probe-size", type=int, default=112)
     parser.add_argument("--photo-size", type=int, default=224)
-    parser.add_argument("--photo-targets", type=_floats, default=[1.6, 1.9],
+    parser.add_argument("--photo-targets", type=comma_type(float), default=[1.6, 1.9],
                         help="speed limits for which r is chosen at the photo size (closest constant r)")
-    parser.add_argument("--r-photo", type=_ints, default=None, help="r values at the photo size (overrides targets)")
-    parser.add_argument("--settings", type=_words, default=list(SETTINGS) + ["calibrated"],
+    parser.add_argument("--r-photo", type=comma_type(int), default=None, help="r values at the photo size (overrides targets)")
+    parser.add_argument("--settings", type=comma_type(str), default=list(SETTINGS) + ["calibrated"],
                         help="settings to evaluate (stock is always run): " + ",".join(SETTINGS) + ",calibrated")
-    parser.add_argument("--random-seeds", type=_ints, default=[0, 1, 2],
+    parser.add_argument("--random-seeds", type=comma_type(int), default=[0, 1, 2],
                         help="seeds of the random mode; the mean over them is reported too")
     parser.add_argument("--calib-images", type=int, default=32, help="unlabeled images for calibrate()")
     parser.add_argument("--batch-size", type=int, default=32, help="batch at the probe size")
@@ -114,6 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def probe_datasets(size: int) -> dict[str, dict]:
     """digits and lfw_subset as pixel values at `size` px with a fixed stratified 70/30 split."""
+    from sklearn.datasets import load_digits
     from skimage.data import lfw_subset  # noqa: PLC0415
 
     digits = load_digits()
@@ -124,8 +109,7 @@ def probe_datasets(size: int) -> dict[str, dict]:
     }
     data = {}
     for name, (images, labels, scale) in raw.items():
-        index = np.arange(len(labels))
-        train_idx, test_idx = train_test_split(index, test_size=0.3, random_state=0, stratify=labels)
+        train_idx, test_idx = stratified_split(labels, train_size=0.7, seed=0)
         pixels = gray_to_pixels(images, size, scale)
         data[name] = {
             "train_idx": train_idx,
@@ -152,6 +136,8 @@ def photos(size: int) -> tuple[list[str], torch.Tensor]:
             image = getattr(skd, name)()
         names.append(name)
         images.append(resize_center_crop(to_rgb01(image), size))
+    from sklearn.datasets import load_sample_images
+
     sample = load_sample_images()
     for filename, image in zip(sample.filenames, sample.images):
         names.append(filename.rsplit("/", 1)[-1].split(".")[0])
@@ -185,10 +171,6 @@ def calibration_images(size: int, data: dict, count: int = 32, seed: int = 0) ->
 
 
 # -------------------------------------------------------------------------------------------- running
-
-
-def probe_vector(features: dict[str, torch.Tensor]) -> np.ndarray:
-    return torch.cat([features["cls"], features["patch_mean"]], dim=1).numpy()
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -227,8 +209,8 @@ def main(argv=None) -> dict:  # noqa: C901 (a linear script)
     if unknown:
         raise SystemExit(f"unknown settings {unknown}; known: {list(SETTINGS) + ['calibrated']}")
     watch = Stopwatch()
-    model, folder = load_model(args.model, args.attn)
-    meta = metadata(folder, **vars(args))  # at the start: the load average describes the run's beginning
+    model, folder = load_backbone(args.model, args.attn)
+    meta = benchmark_metadata(folder, **vars(args))  # at the start: the load average describes the run's beginning
     print(f"torch threads: {torch.get_num_threads()}")
 
     # ---------------------------------------------------------------- (a) linear probe at the probe size
@@ -248,11 +230,9 @@ def main(argv=None) -> dict:  # noqa: C901 (a linear script)
     for name, entry in data.items():
         train = extract(model, entry["x_train"], args.batch_size, desc=f"stock {name} train")
         test = extract(model, entry["x_test"], args.batch_size, desc=f"stock {name} test")
-        scaler = StandardScaler().fit(probe_vector(train))
-        clf = LogisticRegression(max_iter=2000).fit(scaler.transform(probe_vector(train)), entry["y_train"])
-        classifiers[name] = (scaler, clf)
+        classifiers[name] = fit_probe(probe_vector(train), entry["y_train"])
         stock_test[name] = test
-        pred = clf.predict(scaler.transform(probe_vector(test)))
+        pred = classifiers[name].predict(probe_vector(test))
         stock_acc[name] = {"accuracy": float((pred == entry["y_test"]).mean()),
                            "correct": int((pred == entry["y_test"]).sum()), "total": len(pred), "pred": pred}
         print(f"stock {name}: train {len(entry['y_train'])}, test {len(entry['y_test'])}, "
@@ -289,8 +269,7 @@ def main(argv=None) -> dict:  # noqa: C901 (a linear script)
         with turbo(model, config):
             for name, entry in data.items():
                 feats = extract(model, entry["x_test"], args.batch_size)
-                scaler, clf = classifiers[name]
-                pred = clf.predict(scaler.transform(probe_vector(feats)))
+                pred = classifiers[name].predict(probe_vector(feats))
                 correct = pred == entry["y_test"]
                 row = {
                     "accuracy": float(correct.mean()),

@@ -14,7 +14,8 @@
 
 Heavy optional libraries (accelerate, datasets, matplotlib) are imported where they are used. This module
 holds the driver and the command-line helpers, and is the one the scripts import from; the pieces live in
-`eval_settings`, `eval_runner`, `eval_data`, `eval_loading`, `measurement` and `eval_report`.
+`settings`, `runner`, `data`, `loading`, `measurement` and `report`. The benchmark scripts use `backbone`,
+`probe`, `images`, `tables` and `arguments`.
 """
 
 from __future__ import annotations

@@ -81,8 +81,8 @@ def vqa_normalize(answer: str) -> str:
 
     ```python
     >>> from turbo_hf.evaluation.vqa import vqa_normalize
-    >>> vqa_normalize("Two dogs!")
-    '2 dogs'
+    >>> vqa_normalize("Two dogs!"), vqa_normalize("dont know")
+    ('2 dogs', "don't know")
     ```
     """
     answer = answer.replace("\n", " ").replace("\t", " ").strip()
