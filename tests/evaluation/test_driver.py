@@ -28,7 +28,7 @@ from turbo_hf.evaluation.driver import (
     shard_batches,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
 BLIP_MODES = "none,turbo"
 
