@@ -15,24 +15,28 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
-
-from bench_common import markdown_table, metadata, publish
 from transformers import ViTConfig, ViTModel
-from turbo_hf import TurboConfig, apply_turbo, turbo_plan
-from turbo_hf.evaluation.timing import interleaved_times
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if (REPO_ROOT / "src" / "turbo_hf").is_dir() and str(REPO_ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT / "src"))  # run from a checkout without installing the package
 
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
+from turbo_hf import TurboConfig, apply_turbo, turbo_plan  # noqa: E402
+from turbo_hf.evaluation.arguments import comma_type  # noqa: E402
+from turbo_hf.evaluation.backbone import benchmark_metadata  # noqa: E402
+from turbo_hf.evaluation.tables import markdown_table, publish  # noqa: E402
+from turbo_hf.evaluation.timing import interleaved_times  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--r", type=_ints, default=_ints("8,16"), help="comma-separated r values")
+    parser.add_argument("--r", type=comma_type(int), default=[8, 16], help="comma-separated r values")
     parser.add_argument("--mode", default="turbo", help="Turbo mode of the Turbo rows")
     parser.add_argument("--rounds", type=int, default=5, help="timed round-robin rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds after compilation")
@@ -120,7 +124,7 @@ def main(argv=None) -> dict:
          "" if row["compile_s"] is None else f"{row['compile_s']:.0f}"]
         for row in rows
     ])
-    meta = metadata(None, **vars(args))
+    meta = benchmark_metadata(None, **vars(args))
     meta["runtime_s"] = time.perf_counter() - started
     notes = (
         f"ViT-B/16-shaped `ViTModel` (`ViTConfig()` defaults, random weights, no pooler), {config.image_size} px "

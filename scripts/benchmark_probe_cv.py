@@ -11,17 +11,21 @@ error over images.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
-import torch
-from sklearn.datasets import load_digits
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
-from sklearn.preprocessing import StandardScaler
 
-from bench_common import extract, gray_to_pixels, load_model, markdown_table, metadata, metadata_markdown, num_tokens
-from bench_common import plan_for, save
-from turbo_hf import TurboConfig, turbo
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if (REPO_ROOT / "src" / "turbo_hf").is_dir() and str(REPO_ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT / "src"))  # run from a checkout without installing the package
+
+from turbo_hf import TurboConfig, turbo  # noqa: E402
+from turbo_hf.evaluation.arguments import comma_type  # noqa: E402
+from turbo_hf.evaluation.backbone import benchmark_metadata, load_backbone, num_tokens, plan_for  # noqa: E402
+from turbo_hf.evaluation.images import gray_to_pixels  # noqa: E402
+from turbo_hf.evaluation.probe import CrossValidatedProbe, extract, probe_vector  # noqa: E402
+from turbo_hf.evaluation.tables import markdown_table, metadata_markdown, save  # noqa: E402
 
 SETTINGS = {
     "random": {"mode": "random", "seed": 0},
@@ -31,39 +35,30 @@ SETTINGS = {
 }
 
 
-def features(model, pixels, batch_size) -> np.ndarray:
-    out = extract(model, pixels, batch_size)
-    return torch.cat([out["cls"], out["patch_mean"]], dim=1).numpy()
-
-
-def main() -> None:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="HF model folder (default: the real DINOv2-S/14)")
-    parser.add_argument("--r", default="4,5", help="comma-separated r values")
+    parser.add_argument("--r", type=comma_type(int), default=[4, 5], help="comma-separated r values")
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-images", type=int, default=None, help="the first N digits only (a quick check)")
     parser.add_argument("--out", default="benchmarks")
-    args = parser.parse_args()
-    r_values = [int(v) for v in args.r.split(",")]
+    args = parser.parse_args(argv)
+    r_values = args.r
+    from sklearn.datasets import load_digits
 
-    model, folder = load_model(args.model)
+    model, folder = load_backbone(args.model)
     digits = load_digits()
-    pixels = gray_to_pixels(digits.images, args.image_size, scale=16.0)
-    labels = digits.target
-    folds = list(StratifiedKFold(args.folds, shuffle=True, random_state=0).split(np.zeros(len(labels)), labels))
+    images, labels = digits.images[: args.max_images], digits.target[: args.max_images]
+    pixels = gray_to_pixels(images, args.image_size, scale=16.0)
 
-    stock = features(model, pixels, args.batch_size)
-    probes = []
-    for train, _ in folds:
-        scaler = StandardScaler().fit(stock[train])
-        probes.append((scaler, LogisticRegression(max_iter=2000).fit(scaler.transform(stock[train]), labels[train])))
+    def features() -> np.ndarray:
+        return probe_vector(extract(model, pixels, args.batch_size))
 
-    def correct(feats: np.ndarray) -> np.ndarray:
-        hits = np.zeros(len(labels), dtype=bool)
-        for (scaler, probe), (_, test) in zip(probes, folds):
-            hits[test] = probe.predict(scaler.transform(feats[test])) == labels[test]
-        return hits
+    stock = features()
+    probe = CrossValidatedProbe(stock, labels, args.folds)
+    correct = probe.correct
 
     results = {"stock": {"accuracy": float(correct(stock).mean() * 100)}}
     tokens = num_tokens(model, args.image_size)
@@ -72,7 +67,7 @@ def main() -> None:
         for name, settings in SETTINGS.items():
             config = TurboConfig(r=r, **settings)
             with turbo(model, config):
-                hits[name] = correct(features(model, pixels, args.batch_size))
+                hits[name] = correct(features())
         limit = 1 / plan_for(model, TurboConfig(r=r), tokens)["flops_fraction"]
         for name, hit in hits.items():
             diff = hit.astype(float) - hits["tome"].astype(float)
@@ -90,13 +85,14 @@ def main() -> None:
             rows.append([key, f"{row['speed_limit']:.2f}x", f"{row['accuracy']:.2f}",
                          f"{row['minus_tome']:+.2f} ± {row['minus_tome_se']:.2f}"])
     table = markdown_table(["setting", "speed limit", "accuracy %", "minus ToMe (± s.e.)"], rows)
-    meta = metadata(folder, image_size=args.image_size, folds=args.folds, r=r_values, images=len(labels))
+    meta = benchmark_metadata(folder, image_size=args.image_size, folds=args.folds, r=r_values, images=len(labels))
     markdown = (
         f"# Digits linear probe, {args.folds}-fold cross-validation ({len(labels)} test images)\n\n"
         f"{table}\n\n{metadata_markdown(meta)}\n"
     )
     print(markdown)
     save(args.out, "probe_cv_digits", {"metadata": meta, "results": results}, markdown)
+    return results
 
 
 if __name__ == "__main__":

@@ -12,30 +12,20 @@ rotates from round to round. The median over rounds is reported.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from bench_common import (
-    Stopwatch,
-    load_model,
-    markdown_table,
-    metadata,
-    num_tokens,
-    plan_for,
-    publish,
-)
-from turbo_hf import TurboConfig, apply_turbo, is_turbo_applied, remove_turbo
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if (REPO_ROOT / "src" / "turbo_hf").is_dir() and str(REPO_ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT / "src"))  # run from a checkout without installing the package
 
-
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
-def _words(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+from turbo_hf.evaluation.arguments import comma_type  # noqa: E402
+from turbo_hf.evaluation.backbone import benchmark_metadata, load_backbone, num_tokens, plan_for  # noqa: E402
+from turbo_hf.evaluation.measurement import measure_settings  # noqa: E402
+from turbo_hf.evaluation.settings import build_settings  # noqa: E402
+from turbo_hf.evaluation.tables import Stopwatch, markdown_table, publish  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,8 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "from turbo_hf.fetch_real_weights())")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--r", type=_ints, default=_ints("4,8,12,16,20,24"), help="comma-separated r values")
-    parser.add_argument("--modes", type=_words, default=["tome", "turbo"], help="comma-separated modes")
+    parser.add_argument("--r", type=comma_type(int), default=[4, 8, 12, 16, 20, 24], help="comma-separated r values")
+    parser.add_argument("--modes", type=comma_type(str), default=["tome", "turbo"], help="comma-separated modes")
     parser.add_argument("--alpha", type=float, default=None, help="alpha of the turbo mode (default: library default)")
     parser.add_argument("--alpha-scale", default=None, help="alpha_scale of the turbo mode (default: library default)")
     parser.add_argument("--repeats", type=int, default=5, help="timed round-robin rounds (median reported)")
@@ -58,44 +48,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_configs(args) -> list[tuple[str, TurboConfig | None]]:
-    configs: list[tuple[str, TurboConfig | None]] = [("stock", None)]
-    extra = {}
-    if args.alpha is not None:
-        extra["alpha"] = args.alpha
-    if args.alpha_scale is not None:
-        extra["alpha_scale"] = args.alpha_scale
-    for mode in args.modes:
-        for r in args.r:
-            kwargs = dict(r=r, mode=mode, **(extra if mode == "turbo" else {}))
-            configs.append((f"{mode} r={r}", TurboConfig(**kwargs)))
-    return configs
-
-
-@torch.inference_mode()
-def time_round_robin(model, configs, pixels, repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per batch of every configuration, `repeats` rounds, each round visiting all configurations."""
-    times: dict[str, list[float]] = {name: [] for name, _ in configs}
-    total = (warmup + repeats) * len(configs)
-    with tqdm(total=total, desc="timing", unit="batch") as bar:
-        for round_idx in range(warmup + repeats):
-            shift = round_idx % len(configs)
-            for name, config in configs[shift:] + configs[:shift]:
-                if config is None:
-                    if is_turbo_applied(model):
-                        remove_turbo(model)
-                else:
-                    apply_turbo(model, config)
-                start = time.perf_counter()
-                model(pixel_values=pixels)
-                elapsed = time.perf_counter() - start
-                if round_idx >= warmup:
-                    times[name].append(elapsed)
-                bar.set_postfix_str(f"{name}: {elapsed * 1000:.0f} ms")
-                bar.update()
-    if is_turbo_applied(model):
-        remove_turbo(model)
-    return times
+def build_configs(args) -> list:
+    """The stock model, then every mode at every r (`--alpha` / `--alpha-scale` apply to the turbo mode)."""
+    extra = {k: v for k, v in (("alpha", args.alpha), ("alpha_scale", args.alpha_scale)) if v is not None}
+    settings = build_settings([m for m in args.modes if m != "turbo"], args.r)
+    if "turbo" in args.modes:
+        settings += build_settings(["turbo"], args.r, extra)[1:]
+    return settings
 
 
 def main(argv=None) -> dict:
@@ -103,49 +62,41 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     watch = Stopwatch()
-    model, folder = load_model(args.model, args.attn)
+    model, folder = load_backbone(args.model, args.attn)
     tokens = num_tokens(model, args.image_size)
     configs = build_configs(args)
-    plans = {name: plan_for(model, config, tokens) for name, config in configs if config is not None}
+    plans = {s.name: plan_for(model, s.config, tokens) for s in configs if s.config is not None}
 
     generator = torch.Generator().manual_seed(args.seed)
     pixels = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=generator)
-    settings = {k: v for k, v in vars(args).items()}
-    settings["num_tokens"] = tokens
-    meta = metadata(folder, **settings)
+    meta = benchmark_metadata(folder, **vars(args), num_tokens=tokens)
     print(f"torch threads: {torch.get_num_threads()}  |  {tokens} tokens at {args.image_size} px  |  "
           f"{len(configs)} configurations x ({args.warmup} warmup + {args.repeats} timed) rounds")
 
-    times = time_round_robin(model, configs, pixels, args.repeats, args.warmup)
-    stock = statistics.median(times["stock"])
+    speed = measure_settings(model, configs, lambda: model(pixel_values=pixels), args.batch_size, next(model.parameters()).device,
+                             args.warmup, args.repeats, flops=False, memory=False)
     rows = []
-    for name, config in configs:
-        median = statistics.median(times[name])
-        if config is None:
-            mode, r, final, limit, fraction = "stock", 0, tokens, 1.0, 1.0
-        else:
-            plan = plans[name]
-            mode, r, final = config.mode, config.r, plan["token_counts"][-1]
-            fraction = plan["flops_fraction"]
-            limit = 1 / fraction
-        speedup = stock / median
+    for setting in configs:
+        timing, config = speed[setting.name], setting.config
+        plan = plans.get(setting.name, {"token_counts": [tokens], "flops_fraction": 1.0})
+        limit = 1 / plan["flops_fraction"]
         rows.append(
             {
-                "name": name,
-                "mode": mode,
-                "r": r,
-                "final_tokens": final,
-                "flops_fraction": round(fraction, 5),
+                "name": setting.name,
+                "mode": setting.mode,
+                "r": setting.r,
+                "final_tokens": plan["token_counts"][-1],
+                "flops_fraction": round(plan["flops_fraction"], 5),
                 "theoretical_speedup": round(limit, 4),
-                "measured_speedup": round(speedup, 4),
-                "efficiency": round(speedup / limit, 4),
-                "throughput_img_s": round(args.batch_size / median, 3),
-                "median_latency_ms": round(median * 1000, 2),
-                "min_latency_ms": round(min(times[name]) * 1000, 2),
-                "max_latency_ms": round(max(times[name]) * 1000, 2),
-                "latencies_ms": [round(t * 1000, 2) for t in times[name]],
-                "alpha": None if config is None or mode != "turbo" else config.alpha,
-                "alpha_scale": None if config is None or mode != "turbo" else config.alpha_scale,
+                "measured_speedup": round(timing["speedup"], 4),
+                "efficiency": round(timing["speedup"] / limit, 4),
+                "throughput_img_s": round(timing["throughput"], 3),
+                "median_latency_ms": round(timing["median_ms"], 2),
+                "min_latency_ms": round(timing["min_ms"], 2),
+                "max_latency_ms": round(timing["max_ms"], 2),
+                "latencies_ms": [round(t, 2) for t in timing["latencies_ms"]],
+                "alpha": config.alpha if config is not None and config.mode == "turbo" else None,
+                "alpha_scale": config.alpha_scale if config is not None and config.mode == "turbo" else None,
             }
         )
 
@@ -161,7 +112,7 @@ def main(argv=None) -> dict:
         ],
     )
     meta["runtime_s"] = watch.total()
-    turbo_cfg = next((c for _, c in configs if c is not None and c.mode == "turbo"), None)
+    turbo_cfg = next((s.config for s in configs if s.mode == "turbo"), None)
     notes = (
         f"DINOv2 {args.image_size} px ({tokens} tokens), batch {args.batch_size}, attention `{args.attn}`, "
         f"{args.repeats} timed round-robin rounds after {args.warmup} warm-up round(s); median per batch. "
@@ -171,6 +122,7 @@ def main(argv=None) -> dict:
     )
     title = f"# Speed: Turbo token merging on DINOv2-S/14 ({args.image_size} px)"
     return publish(args.out, args.name, title, notes, table, meta, rows)
+
 
 if __name__ == "__main__":
     main()

@@ -91,7 +91,7 @@ def run(argv=None) -> int:
         split_columns,
         write_outputs,
     )
-    from turbo_hf.evaluation.metrics import caption_scores
+    from turbo_hf.evaluation.captions import caption_scores
 
     settings = settings_from_args(args)
     caption_columns = split_columns(args.caption_column)

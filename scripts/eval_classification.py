@@ -94,6 +94,7 @@ def run(argv=None) -> int:
         write_outputs,
     )
     from turbo_hf.evaluation.metrics import topk_accuracy
+    from turbo_hf.evaluation.probe import fit_probe, stratified_split
     from turbo_hf.modeling.registry import find_adapter
 
     settings = settings_from_args(args)
@@ -134,14 +135,7 @@ def run(argv=None) -> int:
                                         args.max_samples, args.image_column)
             require_columns(probe_train, image_column=args.image_column, label_column=args.label_column)
         else:
-            from sklearn.model_selection import train_test_split
-
-            index = np.arange(len(data))
-            try:
-                train_idx, test_idx = train_test_split(index, train_size=args.probe_train_fraction,
-                                                       random_state=args.seed, stratify=labels_all)
-            except ValueError:  # a class too small to stratify
-                train_idx, test_idx = train_test_split(index, train_size=args.probe_train_fraction, random_state=args.seed)
+            train_idx, test_idx = stratified_split(labels_all, args.probe_train_fraction, args.seed)
             probe_train = data.select(sorted(train_idx.tolist()))
             test_data = data.select(sorted(test_idx.tolist()))
             test_labels = [labels_all[i] for i in sorted(test_idx.tolist())]
@@ -205,13 +199,7 @@ def run(argv=None) -> int:
         runner.print(f"probe: stock features of {len(probe_train)} training images ...")
         train_records = run_batches(runner, len(probe_train), args.batch_size, work(probe_train, False), "probe train")
         if runner.is_main:
-            from sklearn.linear_model import LogisticRegression
-            from sklearn.pipeline import make_pipeline
-            from sklearn.preprocessing import StandardScaler
-
-            x_train = np.stack([r["features"] for r in train_records])
-            probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-            probe.fit(x_train, y_train)
+            probe = fit_probe(np.stack([r["features"] for r in train_records]), y_train)
 
     y_test = np.array(test_labels)
     stock_predictions: dict[int, int] = {}

@@ -71,7 +71,7 @@ def run(argv=None) -> int:
         text_values,
         write_outputs,
     )
-    from turbo_hf.evaluation.metrics import vqa_score
+    from turbo_hf.evaluation.vqa import vqa_score
 
     settings = settings_from_args(args)
     runner = Runner(cpu=args.cpu)

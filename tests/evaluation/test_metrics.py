@@ -1,22 +1,13 @@
-"""Metrics against values computed by hand on small cases."""
+"""Metrics (our wrappers of pycocoevalcap, our tokeniser and VQA normaliser) against values computed by hand."""
 
 import math
 
 import numpy as np
 import pytest
 
-from turbo_hf.evaluation.metrics import (
-    bleu,
-    caption_scores,
-    cider_d,
-    retrieval_recall,
-    rouge_l,
-    tokenize_caption,
-    topk_accuracy,
-    vqa_accuracy,
-    vqa_normalize,
-    vqa_score,
-)
+from turbo_hf.evaluation.captions import bleu, caption_scores, cider_d, rouge_l, tokenize_caption
+from turbo_hf.evaluation.metrics import retrieval_recall, topk_accuracy
+from turbo_hf.evaluation.vqa import vqa_accuracy, vqa_normalize, vqa_score
 
 # ------------------------------------------------------------------------------------------ retrieval
 

@@ -283,3 +283,64 @@ def test_folders_exported_before_the_modeling_layout_keep_loading(tmp_path):
     remote = run_remote(folder, "AutoModel", tmp_path / "tensors.pt")
     assert remote.returncode == 0, remote.stderr
     assert "REMOTE TurboViTModel True" in remote.stdout
+
+
+def test_model_card_holds_the_hub_metadata_loading_code_settings_and_results(tmp_path):
+    from huggingface_hub import ModelCard
+
+    build("vit-cls").save_pretrained(tmp_path / "stock")
+    model = turbo_hf.TurboViTForImageClassification.from_pretrained(tmp_path / "stock", turbo_config={"r": 3})
+    card_options = {"base_model": "google/vit-base-patch16-224", "license": "apache-2.0",
+                    "results_markdown": "| setting | top-1 |\n|---|---|\n| turbo r=3 | 80.1 |",
+                    "sources": {"r": "measured on ImageNet-1k val"}}
+    model.save_pretrained(tmp_path / "turbo", model_card=card_options)
+    card = ModelCard.load(tmp_path / "turbo" / "README.md")
+    assert card.data.library_name == "transformers" and card.data.license == "apache-2.0"
+    assert card.data.base_model == "google/vit-base-patch16-224"
+    assert set(card.data.tags) == {"turbo", "token-merging", "turbo-hf", "turbo_vit"}
+    assert 'TurboViTForImageClassification.from_pretrained("PATH_OR_REPO")' in card.text
+    assert 'AutoModelForImageClassification.from_pretrained("PATH_OR_REPO", trust_remote_code=True)' in card.text
+    assert "| `r` | `3` |" in card.text and "| turbo r=3 | 80.1 |" in card.text
+    assert "- `r`: measured on ImageNet-1k val" in card.text
+    # a local folder is no Hub id: the card names it but keeps it out of the metadata
+    model.save_pretrained(tmp_path / "local", model_card={"base_model": str(tmp_path / "stock")})
+    local = ModelCard.load(tmp_path / "local" / "README.md")
+    assert local.data.base_model is None and local.data.license == "other"
+    assert f"Base model: `{tmp_path / 'stock'}`." in local.text
+
+
+@pytest.mark.parametrize("bad_import", ["from ..outside import x", "from .pkg.inner import x", "from .missing import x"])
+def test_remote_code_files_refuse_imports_that_are_not_flat_siblings(tmp_path, bad_import):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "inner.py").write_text("x = 1\n")
+    (tmp_path / "outside.py").write_text("x = 1\n")
+    (tmp_path / "modeling_a.py").write_text("from .helper import y\n")
+    (tmp_path / "helper.py").write_text(f"{bad_import}\ny = 2\n")
+    with pytest.raises(FileNotFoundError, match="modeling_a.py .*imports .*, which is not a flat sibling module"):
+        remote_code_files(tmp_path / "modeling_a.py")
+    (tmp_path / "helper.py").write_text("y = 2\n")
+    assert [p.name for p in remote_code_files(tmp_path / "modeling_a.py")] == ["helper.py", "modeling_a.py"]
+
+
+def test_the_package_imports_with_only_its_install_requires():
+    """`import turbo_hf` and every `turbo_hf.modeling` module work (and a patched model runs) when the
+    optional packages (the `eval`, `fetch` and `examples` extras) are not installed."""
+    optional = ["accelerate", "datasets", "evaluate", "sklearn", "matplotlib", "pycocoevalcap", "PIL", "onnx",
+                "onnxruntime", "skimage"]
+    script = textwrap.dedent(
+        f"""
+        import sys
+        for name in {optional!r}:
+            sys.modules[name] = None  # `import name` fails and transformers sees the package as absent
+        import importlib, pkgutil
+        import turbo_hf, turbo_hf.modeling
+        for info in pkgutil.walk_packages(turbo_hf.modeling.__path__, prefix="turbo_hf.modeling."):
+            importlib.import_module(info.name)
+        from turbo_hf.testing.tiny_models import build, inputs
+        model = turbo_hf.apply_turbo(build("vit-cls"), r=2)
+        print("OK", tuple(model(**inputs("vit-cls")).logits.shape))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OK (2, 2)" in result.stdout

@@ -7,15 +7,13 @@ import sys
 from pathlib import Path
 
 from ..modeling.configuration_turbo import ALPHA_SCALES, MODES, REDUCTIONS, SCHEDULES, TurboConfig
+from ..evaluation.arguments import comma_type
 from ..evaluation.local_paths import check_local_path
 
 
 def _r_value(text: str) -> int | list[int]:
     """`16` or a comma-separated per-layer list `8,8,4,...`."""
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"--r takes an integer or a comma-separated list, got {text!r}") from error
+    values = comma_type(int)(text)
     return values[0] if len(values) == 1 else values
 
 
@@ -161,10 +159,6 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ints(text: str) -> list[int]:
-    return [int(value) for value in text.split(",") if value.strip()]
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
     from ..evaluation.benchmarking import run_bench
 
@@ -238,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.set_defaults(func=_cmd_calibrate)
     bench = commands.add_parser("bench", help="measured speed of Turbo modes against the stock model")
     bench.add_argument("--model", type=_model_path, required=True, help="model folder or Hub id")
-    bench.add_argument("--r", type=_ints, default=[0, 8, 16], help="comma-separated r values (0 = stock)")
-    bench.add_argument("--batch-sizes", type=_ints, default=[1, 8])
+    bench.add_argument("--r", type=comma_type(int), default=[0, 8, 16], help="comma-separated r values (0 = stock)")
+    bench.add_argument("--batch-sizes", type=comma_type(int), default=[1, 8])
     bench.add_argument("--modes", default="tome,turbo", help="comma-separated: tome, turbo, semantic, random")
     bench.add_argument("--image-size", type=_positive_int, default=None)
     bench.add_argument("--repeats", type=_positive_int, default=5)

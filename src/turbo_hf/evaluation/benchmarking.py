@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..modeling.configuration_turbo import TurboConfig
 from .devices import resolve_device
@@ -356,9 +357,7 @@ def visualize_merges(
         processor = AutoImageProcessor.from_pretrained(str(model_path))
         mean, std = list(processor.image_mean), list(processor.image_std)
     except Exception:
-        from .driver import IMAGENET_MEAN, IMAGENET_STD
-
-        mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+        mean, std = list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
     shown = denormalize(pixels[0], mean, std)
     scale = max(1, -(-256 // max(shown.shape[:2])))  # draw small inputs at least 256 px wide
     shown = shown.repeat(scale, axis=0).repeat(scale, axis=1)

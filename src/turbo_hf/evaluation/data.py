@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from .arguments import comma_list
 from .settings import UsageError
 from .local_paths import missing_local_path
 
@@ -106,7 +107,7 @@ def split_columns(text: str | None) -> list[str] | None:
     """`"caption_0,caption_1"` -> a list of column names (None stays None)."""
     if text is None:
         return None
-    return [part.strip() for part in text.split(",") if part.strip()]
+    return comma_list(text, str, "the column list")
 
 
 def to_rgb(image):

@@ -14,7 +14,8 @@
 
 Heavy optional libraries (accelerate, datasets, matplotlib) are imported where they are used. This module
 holds the driver and the command-line helpers, and is the one the scripts import from; the pieces live in
-`eval_settings`, `eval_runner`, `eval_data`, `eval_loading`, `measurement` and `eval_report`.
+`settings`, `runner`, `data`, `loading`, `measurement` and `report`. The benchmark scripts use `backbone`,
+`probe`, `images`, `tables` and `arguments`.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ from ..modeling.patching import is_turbo_applied, remove_turbo
 from .data import load_data, require_columns, row_texts, split_columns, text_values, to_rgb
 from .loading import (
     CAPTION_PROMPTS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     VQA_PROMPTS,
     decode_generated,
     generation_inputs,
@@ -242,8 +241,6 @@ def cli_main(run: Callable[[list[str] | None], int | None], argv: list[str] | No
 
 __all__ = [
     "CAPTION_PROMPTS",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "MODE_LABELS",
     "MODE_ORDER",
     "MODE_STYLES",

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..modeling.patching import is_turbo_applied, remove_turbo
 from .data import to_rgb
+from .images import normalize, resize_center_crop
 from .settings import UsageError
 from .local_paths import check_local_path
 
@@ -56,10 +57,6 @@ def load_model(path: str, auto_classes: Sequence[str], dtype: str | None = None,
     return model.eval()
 
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
 def _vision_config(config):
     return getattr(config, "vision_config", None) or config
 
@@ -79,23 +76,10 @@ def image_preprocessor(path: str, model: nn.Module, image_size: int | None = Non
     size = image_size or getattr(_vision_config(model.config), "image_size", 224)
     size = size[0] if isinstance(size, (list, tuple)) else size
     if processor is None:
-        import torch.nn.functional as F
-
-        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
         def fallback(images: list) -> torch.Tensor:
-            out = []
-            for image in images:
-                x = torch.from_numpy(np.asarray(to_rgb(image), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-                h, w = x.shape[-2:]
-                scale = size / min(h, w)
-                x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))),
-                                  mode="bicubic", align_corners=False, antialias=True)
-                top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-                x = x[0, :, top : top + size, left : left + size].clamp(0, 1)
-                out.append((x - mean) / std)
-            return torch.stack(out)
+            rgb = [np.asarray(to_rgb(image), dtype=np.float32) / 255.0 for image in images]
+            return normalize(torch.stack([resize_center_crop(image, size) for image in rgb]))
 
         return fallback
     kwargs = {}

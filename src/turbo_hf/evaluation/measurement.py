@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import threading
-import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -13,7 +13,7 @@ from torch import nn
 
 from ..modeling.patching import is_turbo_applied, remove_turbo
 from .settings import Setting, UsageError, use_setting
-from .timing import synchronize
+from .timing import interleaved_times, synchronize
 
 
 def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -119,23 +119,15 @@ def measure_settings(
     if repeats < 1 or warmup < 0:
         raise UsageError(f"--repeats must be >= 1 and --warmup >= 0, got {repeats} and {warmup}.")
     settings = list(settings)
-    times: dict[str, list[float]] = {s.name: [] for s in settings}
     total = (warmup + repeats) * len(settings)
     bar = tqdm(total=total, desc="timing", leave=False, disable=not progress, dynamic_ncols=True)
     try:
         with torch.inference_mode():
-            for round_index in range(warmup + repeats):
-                shift = round_index % len(settings)
-                for setting in settings[shift:] + settings[:shift]:
-                    use_setting(model, setting)
-                    synchronize(device)
-                    start = time.perf_counter()
-                    call()
-                    synchronize(device)
-                    elapsed = time.perf_counter() - start
-                    if round_index >= warmup:
-                        times[setting.name].append(elapsed)
-                    bar.update()
+            times = interleaved_times(
+                {s.name: call for s in settings}, repeats, warmup, rotate=True, device=device,
+                prepare={s.name: functools.partial(use_setting, model, s) for s in settings},
+                on_call=lambda name, seconds: bar.update(),
+            )
         results = {}
         for setting in settings:
             use_setting(model, setting)

@@ -16,6 +16,7 @@ import torch
 
 from ..modeling.merging import unmerge
 from .runner import Runner
+from .tables import markdown_table
 from .settings import MODE_LABELS, MODE_ORDER, MODE_STYLES
 
 
@@ -110,15 +111,6 @@ def run_metadata(runner: Runner | None = None, **settings) -> dict:
         "command": " ".join(sys.argv),
         "settings": settings,
     }
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence], align: Sequence[str] | None = None) -> str:
-    """A GitHub markdown table; `align` per column, "l" or "r" (default: first left, the rest right)."""
-    align = list(align or ["l"] + ["r"] * (len(headers) - 1))
-    marks = [":---" if a == "l" else "---:" for a in align]
-    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(marks) + " |"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def format_metric(value, digits: int = 2) -> str:

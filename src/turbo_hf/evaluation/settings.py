@@ -10,6 +10,7 @@ from torch import nn
 
 from ..modeling.configuration_turbo import TurboConfig
 from ..modeling.patching import apply_turbo, is_turbo_applied, remove_turbo, turbo_plan
+from .arguments import comma_list
 
 
 MODE_ALIASES = {"none": "stock", "stock": "stock", "random": "random", "tome": "tome", "semantic": "semantic", "turbo": "turbo"}
@@ -39,7 +40,10 @@ def parse_modes(text: str | Sequence[str]) -> list[str]:
     ['stock', 'tome', 'turbo']
     ```
     """
-    words = [w.strip().lower() for w in (text.split(",") if isinstance(text, str) else text) if w.strip()]
+    try:
+        words = comma_list(text, str.lower, "--modes") if isinstance(text, str) else [w.strip().lower() for w in text if w.strip()]
+    except ValueError:
+        words = []
     if not words:
         raise UsageError("No mode given: use some of " + ", ".join(MODE_ALIASES) + ".")
     modes = []
@@ -54,10 +58,10 @@ def parse_modes(text: str | Sequence[str]) -> list[str]:
 def parse_ints(text: str, name: str = "--r") -> list[int]:
     """Comma-separated non-negative integers (`"0,16,30"`)."""
     try:
-        values = [int(part) for part in text.split(",") if part.strip()]
+        values = comma_list(text, int, name)
     except ValueError as error:
-        raise UsageError(f"{name} takes comma-separated integers, got {text!r}.") from error
-    if not values or any(v < 0 for v in values):
+        raise UsageError(str(error)) from error
+    if any(v < 0 for v in values):
         raise UsageError(f"{name} takes comma-separated non-negative integers, got {text!r}.")
     return values
 

@@ -10,42 +10,64 @@ import torch
 
 
 def synchronize(device: torch.device | str | None = None) -> None:
-    """Wait for queued GPU work (no-op on CPU)."""
+    """Wait for the work queued on `device` (CUDA or MPS; every available one when None; no-op on CPU)."""
     device = torch.device(device) if device is not None else None
-    if torch.cuda.is_available() and (device is None or device.type == "cuda"):
+    kind = device.type if device is not None else None
+    if kind in (None, "cuda") and torch.cuda.is_available():
         torch.cuda.synchronize(device)
+    if kind in (None, "mps") and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        torch.mps.synchronize()
 
 
 def interleaved_times(
-    runs: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1, rotate: bool = False
+    runs: dict[str, Callable[[], object]],
+    repeats: int = 5,
+    warmup: int = 1,
+    rotate: bool = False,
+    *,
+    prepare: dict[str, Callable[[], object]] | None = None,
+    device: torch.device | str | None = None,
+    on_call: Callable[[str, float], object] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds of every timed call of each callable, in round-robin rounds so drift hits all of them alike.
 
     `warmup` untimed rounds, then `repeats` timed rounds; with `rotate`, each round starts one callable later
-    than the previous one (so no callable always runs first after a pause). The device is synchronised
-    around every timed call.
+    than the previous one (so no callable always runs first after a pause). `prepare[name]` (e.g. applying a
+    Turbo setting) runs before the clock starts; `device` is synchronised around every timed call (every
+    available accelerator when None); `on_call(name, seconds)` is called after every call (a progress bar).
 
     Example:
 
     ```python
     >>> from turbo_hf.evaluation.timing import interleaved_times
-    >>> {name: len(times) for name, times in interleaved_times({"a": lambda: None}, repeats=3).items()}
-    {'a': 3}
+    >>> order = []
+    >>> times = interleaved_times({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+    ...                           repeats=2, warmup=1, rotate=True)
+    >>> order, {name: len(values) for name, values in times.items()}
+    (['a', 'b', 'b', 'a', 'a', 'b'], {'a': 2, 'b': 2})
     ```
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"`repeats` must be >= 1 and `warmup` >= 0, got {repeats} and {warmup}.")
+    unknown = set(prepare or {}) - set(runs)
+    if unknown:
+        raise ValueError(f"`prepare` names callables that are not in `runs`: {sorted(unknown)}.")
     names = list(runs)
     samples: dict[str, list[float]] = {name: [] for name in runs}
     for round_index in range(warmup + repeats):
         shift = round_index % len(names) if rotate and names else 0
         for name in names[shift:] + names[:shift]:
-            synchronize()
+            if prepare and name in prepare:
+                prepare[name]()
+            synchronize(device)
             start = time.perf_counter()
             runs[name]()
-            synchronize()
+            synchronize(device)
+            elapsed = time.perf_counter() - start
             if round_index >= warmup:
-                samples[name].append(time.perf_counter() - start)
+                samples[name].append(elapsed)
+            if on_call is not None:
+                on_call(name, elapsed)
     return samples
 
 

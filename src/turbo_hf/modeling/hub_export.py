@@ -10,31 +10,35 @@ import shutil
 import sys
 from pathlib import Path
 
+from huggingface_hub import ModelCard, ModelCardData
+from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import logging
 
 from .configuration_turbo import as_turbo_config
 
 logger = logging.get_logger(__name__)
 
-_RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.([A-Za-z_][A-Za-z0-9_]*)\s+import\s", re.MULTILINE)
-
 
 def remote_code_files(module_file: str | os.PathLike) -> list[Path]:
-    """A module file and every flat sibling it imports with `from .x import y`, transitively."""
+    """A module file and every flat sibling it imports with `from .x import y`, transitively.
+
+    The crawl is Transformers' own (`get_relative_import_files`, what `trust_remote_code` loading follows);
+    an import that is not a flat sibling (`from ..x`, `from .pkg.x`, a missing file) raises a
+    `FileNotFoundError` naming it, since a Hub folder can only carry flat siblings.
+    """
     start = Path(module_file)
-    found: dict[str, Path] = {}
-    pending = [start]
-    while pending:
-        path = pending.pop()
-        if path.name in found:
-            continue
-        found[path.name] = path
-        for name in _RELATIVE_IMPORT.findall(path.read_text()):
-            sibling = start.parent / f"{name}.py"
-            if not sibling.exists():
-                raise FileNotFoundError(f"{path.name} imports .{name}, which is not a flat sibling module.")
-            pending.append(sibling)
-    return sorted(found.values())
+    try:
+        imported = [Path(path) for path in get_relative_import_files(start)]
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"{start.name} (or a module it imports) imports {Path(error.filename).name}, which is not a flat sibling "
+            "module."
+        ) from error
+    for path in imported:
+        if path.parent != start.parent or not path.stem.isidentifier():
+            raise FileNotFoundError(f"{start.name} (or a module it imports) imports {path.name}, which is not a flat "
+                                    "sibling module.")
+    return sorted({start, *imported})
 
 
 def _looks_like_hub_id(name: str | None) -> bool:
@@ -51,16 +55,18 @@ def model_card(
     results_markdown: str | None = None,
     sources: dict | None = None,
 ) -> str:
-    """A model card (README.md) with YAML metadata, how to load the model, its Turbo settings and results."""
+    """A model card (README.md): Hub metadata (`huggingface_hub.ModelCardData`), how to load the model with and
+    without `turbo_hf`, its Turbo settings, where they come from, and measured results."""
     turbo = as_turbo_config(getattr(config, "turbo_config", None))
     base_model = base_model if base_model is not None else getattr(config, "_name_or_path", None)
-    metadata = ["---", "library_name: transformers"]
-    if _looks_like_hub_id(base_model):
-        metadata.append(f"base_model: {base_model}")
-    metadata.append(f"license: {license or 'other'}")
-    metadata += ["tags:", "- turbo", "- token-merging", "- turbo-hf", f"- {type(config).model_type}", "---", ""]
+    data = ModelCardData(
+        library_name="transformers",
+        base_model=base_model if _looks_like_hub_id(base_model) else None,
+        license=license or "other",
+        tags=["turbo", "token-merging", "turbo-hf", type(config).model_type],
+    )
     settings = "\n".join(f"| `{name}` | `{value}` |" for name, value in turbo.settings().items())
-    lines = metadata + [
+    lines = [
         f"# {model_class_name} with Turbo token merging",
         "",
         "This folder holds a stock Hugging Face Transformers checkpoint whose encoder merges redundant tokens",
@@ -95,7 +101,7 @@ def model_card(
         lines += ["Where the settings come from:", ""] + [f"- `{k}`: {v}" for k, v in sources.items()] + [""]
     if results_markdown:
         lines += ["## Measured speed and quality", "", results_markdown.strip(), ""]
-    return "\n".join(lines)
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
 def write_hub_folder(model, save_directory: str | os.PathLike, card: dict | None = None) -> None:

@@ -1,0 +1,64 @@
+"""Comma-separated command-line values (`--r 0,8,16`, `--modes tome,turbo`), the one parser every script uses."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def comma_list(text: str, convert: Callable[[str], T] = str, name: str = "the argument") -> list[T]:
+    """The non-empty, stripped items of a comma-separated string, each passed through `convert`.
+
+    Raises a `ValueError` naming `name` when an item does not convert or no item is given.
+
+    Example:
+
+    ```python
+    >>> from turbo_hf.evaluation.arguments import comma_list
+    >>> comma_list(" 0, 8,,16", int, "--r")
+    [0, 8, 16]
+    >>> comma_list("tome,x", float, "--alpha")
+    Traceback (most recent call last):
+    ...
+    ValueError: --alpha takes comma-separated float values, got 'tome,x'.
+    ```
+    """
+    kind = getattr(convert, "__name__", "")
+    try:
+        values = [convert(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise ValueError(f"{name} takes comma-separated {kind} values, got {text!r}.") from error
+    if not values:
+        raise ValueError(f"{name} takes comma-separated {kind or 'str'} values, got none in {text!r}.")
+    return values
+
+
+def comma_type(convert: Callable[[str], T] = str) -> Callable[[str], list[T]]:
+    """An argparse `type=` that reads a comma-separated list (argparse reports a bad value as a usage error).
+
+    Example:
+
+    ```python
+    >>> import argparse
+    >>> from turbo_hf.evaluation.arguments import comma_type
+    >>> parser = argparse.ArgumentParser()
+    >>> _ = parser.add_argument("--r", type=comma_type(int), default=[8])
+    >>> parser.parse_args(["--r", "4,5"]).r
+    [4, 5]
+    ```
+    """
+
+    def parse(text: str) -> list[T]:
+        try:
+            return comma_list(text, convert, "the value")
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from error
+
+    parse.__name__ = f"comma-separated {getattr(convert, '__name__', 'value')} list"
+    return parse
+
+
+__all__ = ["comma_list", "comma_type"]
