@@ -73,12 +73,12 @@ class FamilyCase:
     def inputs(self, model: nn.Module, batch: int = 2, turbo: TurboConfig | None = None) -> Inputs:
         return self.make_inputs(batch, model, turbo)
 
-    def run(self, model: nn.Module, inputs: Inputs):
+    def run(self, model: nn.Module, inputs: Inputs) -> ModelOutput:
         """The model's whole output (a `ModelOutput`)."""
         with torch.no_grad():
             return model(**inputs)
 
-    def stock_fields(self, output) -> dict[str, torch.Tensor]:
+    def stock_fields(self, output: ModelOutput) -> dict[str, torch.Tensor]:
         """Every tensor of the output that must equal the stock model's at r=0."""
         return {k: v for k, v in tensors(output).items() if not any(k.startswith(p) for p in self.unlike_stock)}
 
@@ -93,7 +93,7 @@ def split(inputs: Inputs) -> list[Inputs]:
     return [{k: v[i : i + 1] if torch.is_tensor(v) else v for k, v in inputs.items()} for i in range(batch)]
 
 
-def tensors(output, prefix: str = "") -> dict[str, torch.Tensor]:
+def tensors(output: ModelOutput | tuple | list, prefix: str = "") -> dict[str, torch.Tensor]:
     """Every tensor of a (nested) model output, by field path."""
     found = {}
     items = output.items() if isinstance(output, ModelOutput) else enumerate(output)
@@ -122,17 +122,17 @@ def _vision(name: str) -> Callable:
     return lambda batch, model, turbo: tiny_models.inputs(name, batch=batch)
 
 
-def _clip_text(batch, model, turbo):
+def _clip_text(batch: int, model: nn.Module, turbo: TurboConfig | None) -> Inputs:
     ids = _ids(batch, 16)
     ids[:, -1] = tiny_models.CLIP_TEXT["eos_token_id"]
     return {"input_ids": ids}
 
 
-def _siglip_text(batch, model, turbo):
+def _siglip_text(batch: int, model: nn.Module, turbo: TurboConfig | None) -> Inputs:
     return {"input_ids": _ids(batch, 16)}
 
 
-def _bert(batch, model, turbo):
+def _bert(batch: int, model: nn.Module, turbo: TurboConfig | None) -> Inputs:
     ids = _ids(batch, 24, low=5, high=99)
     ids[:, 0], ids[:, -1] = 2, 3  # [CLS], [SEP]
     types = torch.zeros_like(ids)
@@ -146,11 +146,11 @@ def _blip_text(batch: int, length: int = 6, seed: int = 2) -> torch.Tensor:
     return ids
 
 
-def _blip(batch, model, turbo):
+def _blip(batch: int, model: nn.Module, turbo: TurboConfig | None) -> Inputs:
     return {"pixel_values": _pixels(batch), "input_ids": _blip_text(batch)}
 
 
-def _blip_vqa(batch, model, turbo):
+def _blip_vqa(batch: int, model: nn.Module, turbo: TurboConfig | None) -> Inputs:
     answer = _blip_text(batch, 3, seed=3)
     answer[:, 0] = tiny_models.BLIP_SPECIAL["bos_token_id"]
     return dict(_blip(batch, model, turbo), decoder_input_ids=answer)
@@ -161,19 +161,19 @@ def _blip2_prompt(batch: int, length: int = 3) -> torch.Tensor:
     return torch.cat([prefix, _ids(batch, length)], dim=1)
 
 
-def _blip2(batch, model, turbo):
+def _blip2(batch: int, model: nn.Module, turbo: TurboConfig | None) -> Inputs:
     return {"pixel_values": _pixels(batch), "input_ids": _blip2_prompt(batch)}
 
 
-def _blip2_retrieval(batch, model, turbo):
+def _blip2_retrieval(batch: int, model: nn.Module, turbo: TurboConfig | None) -> Inputs:
     return dict(_blip2(batch, model, turbo), use_image_text_matching_head=True)
 
 
-def _instructblip(batch, model, turbo):
+def _instructblip(batch: int, model: nn.Module, turbo: TurboConfig | None) -> Inputs:
     return dict(_blip2(batch, model, turbo), qformer_input_ids=_ids(batch, 4, low=1, high=50, seed=5))
 
 
-def _llava(batch, model, turbo):
+def _llava(batch: int, model: nn.Module, turbo: TurboConfig | None) -> Inputs:
     count = image_token_count(model.config, turbo)
     image = torch.tensor([[2] + [tiny_models.LLAVA_IMAGE_TOKEN] * count] * batch)  # <s> + placeholders
     return {"pixel_values": _pixels(batch), "input_ids": torch.cat([image, _ids(batch, 5, 10, 100)], dim=1)}
@@ -185,14 +185,14 @@ def _llava(batch, model, turbo):
 def _flat(*fields: str) -> Callable:
     """Rows made of output fields (each flattened per sample)."""
 
-    def rows(model, inputs):
+    def rows(model: nn.Module, inputs: Inputs) -> torch.Tensor:
         out = model(**inputs)
         return torch.cat([getattr(out, f).flatten(1) for f in fields], dim=1)
 
     return rows
 
 
-def _vision_rows(model, inputs):
+def _vision_rows(model: nn.Module, inputs: Inputs) -> torch.Tensor:
     out = model(**inputs)
     fields = [out.last_hidden_state] + ([] if out.pooler_output is None else [out.pooler_output])
     return torch.cat([field.flatten(1) for field in fields], dim=1)
