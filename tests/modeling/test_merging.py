@@ -693,3 +693,33 @@ def test_tome_order_is_refused_where_order_matters(constraint):
         bipartite_plan(_metric(1, 9), 2, mode="tome", token_order="tome", **constraint)
     with pytest.raises(ValueError, match="`token_order`"):
         bipartite_plan(_metric(1, 9), 2, token_order="bogus")
+
+
+# ------------------------------------------------------------------------------- text constraints (causal, mask)
+
+
+def _padded_mask() -> torch.Tensor:
+    token_mask = torch.ones(4, 12, dtype=torch.bool)
+    token_mask[1, 7:] = False
+    token_mask[3, 4:] = False
+    return token_mask
+
+
+def test_causal_merges_only_go_forward_and_padding_pairs_only_with_padding():
+    metric, token_mask = _metric(4, 12, seed=5), _padded_mask()
+    plan = bipartite_plan(metric, 4, mode="tome", protect_first=False, causal=True, token_mask=token_mask)
+    assert plan.src_idx.shape == plan.dst_idx.shape == (4, 4)
+    assert torch.all(plan.dst_idx > plan.src_idx)
+    assert torch.equal(token_mask.gather(1, plan.src_idx), token_mask.gather(1, plan.dst_idx))
+
+
+@pytest.mark.parametrize("row", [1, 3])
+def test_a_padded_row_merges_its_real_tokens_as_it_would_alone(row):
+    metric, token_mask = _metric(4, 12, seed=5), _padded_mask()
+    plan = bipartite_plan(metric, 4, mode="tome", protect_first=False, causal=True, token_mask=token_mask)
+    length = int(token_mask[row].sum())
+    real = [(s, d) for s, d in zip(plan.src_idx[row].tolist(), plan.dst_idx[row].tolist()) if s < length]
+    alone = bipartite_plan(metric[row : row + 1, :length], len(real), mode="tome", protect_first=False, causal=True)
+    assert real and sorted(real) == sorted(zip(alone.src_idx[0].tolist(), alone.dst_idx[0].tolist()))
+    # padding leaves only after every real candidate: a real token with a later real partner leaves
+    assert len(real) == len(range(0, length - 1, 2))

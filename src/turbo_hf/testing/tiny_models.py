@@ -1,10 +1,17 @@
-"""Tiny random models of every supported family, built by hand (no Hub access)."""
+"""Tiny random models of every supported family, built by hand (no Hub access).
+
+`build`/`inputs`/`main_output` serve the vision families of `FAMILIES`; the config factories below them build
+the text encoders, BLIP, BLIP-2, InstructBLIP and LLaVA (`turbo_hf.testing.family_tester` feeds them)."""
 
 from __future__ import annotations
 
 import torch
 from transformers import (
+    BertConfig,
+    BlipConfig,
+    Blip2Config,
     CLIPConfig,
+    CLIPTextConfig,
     CLIPForImageClassification,
     CLIPModel,
     CLIPVisionConfig,
@@ -13,9 +20,13 @@ from transformers import (
     Dinov2Config,
     Dinov2ForImageClassification,
     Dinov2Model,
+    InstructBlipConfig,
+    LlavaConfig,
+    PretrainedConfig,
     SiglipConfig,
     SiglipForImageClassification,
     SiglipModel,
+    SiglipTextConfig,
     SiglipVisionConfig,
     SiglipVisionModel,
     ViTConfig,
@@ -53,10 +64,21 @@ def clip_vision_config(**kw):
     return CLIPVisionConfig(**_vision_kwargs(), projection_dim=16, **kw)
 
 
+CLIP_TEXT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                 bos_token_id=97, eos_token_id=98, pad_token_id=1)
+SIGLIP_TEXT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+
+
 def clip_config(**kw):
-    text = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                bos_token_id=97, eos_token_id=98, pad_token_id=1)
-    return CLIPConfig(text_config=text, vision_config=_vision_kwargs(), projection_dim=16, **kw)
+    return CLIPConfig(text_config=CLIP_TEXT, vision_config=_vision_kwargs(), projection_dim=16, **kw)
+
+
+def clip_text_config(**kw):
+    return CLIPTextConfig(**CLIP_TEXT, **kw)
+
+
+def siglip_text_config(**kw):
+    return SiglipTextConfig(**SIGLIP_TEXT, **kw)
 
 
 def siglip_vision_config(**kw):
@@ -64,8 +86,7 @@ def siglip_vision_config(**kw):
 
 
 def siglip_config(**kw):
-    text = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
-    return SiglipConfig(text_config=text, vision_config=_vision_kwargs(), **kw)
+    return SiglipConfig(text_config=SIGLIP_TEXT, vision_config=_vision_kwargs(), **kw)
 
 
 # name -> (model class, config factory, protects [CLS])
@@ -116,3 +137,82 @@ def main_output(name: str, output) -> torch.Tensor:
     if output.pooler_output is not None:
         return torch.cat([output.last_hidden_state.flatten(), output.pooler_output.flatten()])
     return output.last_hidden_state
+
+
+# ------------------------------------------------------------------ text encoders and vision-language models
+
+SMALL = dict(hidden_size=32, intermediate_size=64)
+BLIP_SPECIAL = dict(bos_token_id=97, sep_token_id=98, eos_token_id=2, pad_token_id=0)
+OPT_TEXT = dict(model_type="opt", **SMALL, ffn_dim=64, num_hidden_layers=2, num_attention_heads=2, vocab_size=99,
+                word_embed_proj_dim=32, max_position_embeddings=64, pad_token_id=1, bos_token_id=2, eos_token_id=2)
+QFORMER = dict(**SMALL, num_hidden_layers=2, num_attention_heads=2, cross_attention_frequency=1,
+               max_position_embeddings=32)
+QUERIES, BLIP2_IMAGE_TOKEN, LLAVA_IMAGE_TOKEN = 4, 98, 4
+
+
+def set_attention(config: PretrainedConfig, attn: str) -> PretrainedConfig:
+    """Give a config and each of its sub-configs the attention implementation `attn`."""
+    config._attn_implementation = attn
+    for sub in ("vision_config", "text_config", "qformer_config"):
+        if hasattr(config, sub):
+            getattr(config, sub)._attn_implementation = attn
+    return config
+
+
+def bert_config(**kw) -> BertConfig:
+    """A 3-layer BERT encoder (pad id 0)."""
+    return BertConfig(vocab_size=99, **SMALL, num_hidden_layers=3, num_attention_heads=4,
+                      max_position_embeddings=64, pad_token_id=0, **kw)
+
+
+def blip_config(**kw) -> BlipConfig:
+    """BLIP with a 4-layer vision tower and a 2-layer text model; large initial weights, so that the tiny
+    decoder's choices depend on the image (BLIP's vision default is 1e-10)."""
+    tower = dict(**SMALL, num_attention_heads=4)
+    text = dict(tower, vocab_size=99, num_hidden_layers=2, max_position_embeddings=64, initializer_range=0.3,
+                **BLIP_SPECIAL)
+    vision = dict(tower, num_hidden_layers=4, image_size=IMAGE_SIZE, patch_size=PATCH, initializer_range=0.2)
+    return BlipConfig(text_config=text, vision_config=vision, projection_dim=16, image_text_hidden_size=16,
+                      initializer_range=0.3, **kw)
+
+
+def blip_vision_config(**kw):
+    return blip_config(**kw).vision_config
+
+
+def _blip2_vision() -> dict:
+    return dict(**SMALL, num_hidden_layers=2, num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=PATCH)
+
+
+def blip2_config(qformer_text: bool = False, **kw) -> Blip2Config:
+    """BLIP-2: a 2-layer vision tower, a 2-layer Q-Former with 4 queries, a 2-layer OPT."""
+    qformer = dict(QFORMER, vocab_size=99, use_qformer_text_input=qformer_text)
+    return Blip2Config(vision_config=_blip2_vision(), qformer_config=qformer, text_config=OPT_TEXT,
+                       num_query_tokens=QUERIES, image_token_index=BLIP2_IMAGE_TOKEN, image_text_hidden_size=16, **kw)
+
+
+def instructblip_config(**kw) -> InstructBlipConfig:
+    """InstructBLIP: BLIP-2's towers with an instruction-aware Q-Former (vocabulary of 50)."""
+    return InstructBlipConfig(vision_config=_blip2_vision(), qformer_config=dict(QFORMER, vocab_size=50),
+                              text_config=OPT_TEXT, num_query_tokens=QUERIES, image_token_index=BLIP2_IMAGE_TOKEN,
+                              **kw)
+
+
+def llava_config(**kw) -> LlavaConfig:
+    """LLaVA-1.5: a 3-layer CLIP tower (64 patches + [CLS]) and a 2-layer Llama."""
+    vision = dict(model_type="clip_vision_model", **_vision_kwargs(), projection_dim=16)
+    vision["num_hidden_layers"] = 3
+    text = dict(model_type="llama", vocab_size=120, **SMALL, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=256, pad_token_id=1, bos_token_id=2, eos_token_id=3)
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_id=LLAVA_IMAGE_TOKEN, pad_token_id=1, **kw)
+
+
+def large_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights large enough that every part (the query tokens included) moves the outputs; eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() >= 2 or "bias" in name:
+                scale = 1.0 if "query_tokens" in name else 0.2
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    return model.eval()
