@@ -137,7 +137,7 @@ def test_patched_stock_model_saves_a_stock_checkpoint_with_a_warning(tmp_path, c
 REGISTER_CALLS = {"register_adapter", "AutoConfig.register", "AutoModel.register", "AutoProcessor.register"}
 # Calls that may build a module-level value or decorate a definition: pure constructors and decorators.
 PURE_CALLS = {
-    "FamilyAdapter", "re.compile", "inspect.signature", "logging.get_logger", "staticmethod", "classmethod",
+    "FamilyAdapter", "ReducibleEncoder", "re.compile", "inspect.signature", "logging.get_logger", "staticmethod", "classmethod",
     "dataclass", "field", "torch.no_grad", "capture_outputs", "merge_with_config_defaults", "can_return_tuple",
     "contextmanager", "property", "stock_field_order", "functools.cache",
 }

@@ -119,7 +119,9 @@ def _build_runtime(encoder: nn.Module, spec: FamilyAdapter | ReducibleEncoder, c
     return runtime
 
 
-def _extra_encoders(model: nn.Module, adapter: FamilyAdapter, config: TurboConfig):
+def _extra_encoders(
+    model: nn.Module, adapter: FamilyAdapter, config: TurboConfig
+) -> list[tuple[ReducibleEncoder, nn.Module]]:
     """The extra encoders the config asks for, as `(spec, module)`; refuses settings this model cannot take."""
     found = []
     for name, specs in encoder_settings().items():
@@ -203,9 +205,11 @@ def _runtime_plan(runtime: TurboRuntime, num_tokens: int) -> dict:
 def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -> nn.Module:
     """Patch a stock Transformers model in place so its vision encoder merges tokens with Turbo.
 
+    Settings of an extra encoder of the family (BLIP retrieval's ITM text encoder: `text_r`, `image_keep`)
+    patch it in the same swap; models without such an encoder refuse them.
     Weights, parameter names and the `state_dict` do not change; `remove_turbo` restores the stock model
     exactly. Applying again replaces the previous settings. Patching is atomic: when any setting is refused,
-    the model stays exactly as it was (stock, or patched with its previous settings).
+    or a swap fails midway, the model stays exactly as it was (stock, or patched with its previous settings).
 
     Args:
         model: a supported model (`turbo_hf.supported_classes()` lists them).
