@@ -69,10 +69,14 @@ class ReducedCacheState:
         return self.columns[0].shape[0]
 
 
-def full_causal_mask(config, inputs_embeds, attention_mask, past_key_values, position_ids) -> torch.Tensor:
-    """The causal + padding mask the model builds for its first layer, always materialized (no `is_causal` skip)."""
+def full_causal_mask(config, inputs_embeds: torch.Tensor, attention_mask, cache, position_ids) -> torch.Tensor:
+    """The causal + padding mask the model builds for its first layer, always materialized (no `is_causal` skip).
+
+    `attention_mask` (2D padding mask or None), `cache` (a `Cache` or None) and `position_ids` (or None: the
+    positions after the cached tokens) are what the model's forward received.
+    """
     if position_ids is None:
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past = cache.get_seq_length() if cache is not None else 0
         position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past).unsqueeze(0)
     return create_causal_mask(
         config=config,
@@ -80,7 +84,7 @@ def full_causal_mask(config, inputs_embeds, attention_mask, past_key_values, pos
         attention_mask=attention_mask,
         position_ids=position_ids,
         allow_is_causal_skip=False,
-        **cache_kwargs(past_key_values),
+        **cache_kwargs(cache),
     )
 
 
@@ -171,10 +175,11 @@ class FullMask:
 
     It is the layer-0 mask (`causal_mask`) when that is materialized, else (SDPA's `is_causal` shortcut) the same
     mask built without the shortcut; built before any layer updates the cache (its sizes come from the cache), and
-    only when `build` is True (a decoding step whose reduced layers all take the shortcut too needs none).
+    only when `build` is True (a decoding step whose reduced layers all take the shortcut too needs none). The
+    other arguments are those of `full_causal_mask`, and `causal_mask` the layer-0 mask (None under the shortcut).
     """
 
-    def __init__(self, config, inputs_embeds, attention_mask, past_key_values, position_ids, causal_mask, build):
+    def __init__(self, config, inputs_embeds, attention_mask, past_key_values, position_ids, causal_mask, build: bool):
         self.allowed = None
         if causal_mask is not None:
             self.allowed = allowed_from_mask(causal_mask)
