@@ -19,9 +19,8 @@ import torch
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
 from .configuration_turbo import as_turbo_config
-from .patching import layer_cost
 from .registry import adapter_by_name
-from .schedules import LayerCost
+from .schedules import LayerCost, layer_cost
 from .turbo_encoder import TurboRuntime
 
 
@@ -42,11 +41,12 @@ def feature_depth(vision_feature_layer: int | list[int], num_layers: int) -> int
 
 
 def clip_layer_cost(vision_config) -> LayerCost:
-    """Per-token MACs of a CLIP layer of this config: `patching.layer_cost` of such a layer built on the meta
+    """Per-token MACs of a CLIP layer of this config: `schedules.layer_cost` of such a layer built on the meta
     device (no weights), so a config alone gives the cost a patched model counts on its modules."""
     with torch.device("meta"):
         layer = CLIPEncoderLayer(vision_config)
-    return layer_cost(layer, adapter_by_name("llava"))
+    adapter = adapter_by_name("llava")
+    return layer_cost(layer, adapter.attention_attr, adapter.mlp_attr)
 
 
 def tower_tokens(vision_config, height: int | None = None, width: int | None = None) -> int:
