@@ -56,6 +56,7 @@ def blip_eager_attention(
 
 
 class TurboBlipAttention(TurboAttentionMixin, BlipAttention):
+    is_causal = False  # read by the SDPA interface (the stock module, eager only, does not set it)
     turbo_fused_qkv, turbo_out_proj, turbo_scaling, turbo_dropout = "qkv", "projection", "scale", "dropout"
     turbo_eager = staticmethod(blip_eager_attention)
 
