@@ -31,7 +31,7 @@ from turbo_hf.evaluation.tables import Stopwatch, markdown_table, publish  # noq
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="HF model folder or id (default: the real DINOv2-S/14 "
-                        "from turbo_hf.fetch_real_weights())")
+                        "from turbo_hf.testing.real_weights.fetch_real_weights())")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--r", type=comma_type(int), default=[4, 8, 12, 16, 20, 24], help="comma-separated r values")

@@ -8,23 +8,8 @@ import textwrap
 import pytest
 import torch
 
-from turbo_hf import (
-    TurboBlip2Config,
-    TurboBlip2ForConditionalGeneration,
-    TurboBlipConfig,
-    TurboBlipForConditionalGeneration,
-    TurboCLIPConfig,
-    TurboCLIPModel,
-    TurboConfig,
-    TurboDinov2Config,
-    TurboDinov2Model,
-    TurboInstructBlipConfig,
-    TurboInstructBlipForConditionalGeneration,
-    TurboSiglipConfig,
-    TurboSiglipModel,
-    TurboViTConfig,
-    TurboViTModel,
-)
+from turbo_hf import TurboBlip2ForConditionalGeneration, TurboBlipForConditionalGeneration, TurboCLIPModel, TurboConfig, TurboDinov2Model, TurboInstructBlipForConditionalGeneration, TurboSiglipModel, TurboViTModel
+from turbo_hf.modeling import TurboBlip2Config, TurboBlipConfig, TurboCLIPConfig, TurboDinov2Config, TurboInstructBlipConfig, TurboSiglipConfig, TurboViTConfig
 from turbo_hf.modeling.hub_export import remote_code_files
 
 TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)

@@ -75,7 +75,7 @@ def test_left_padding_is_refused():
 
 @pytest.mark.parametrize("name", ["clip", "siglip"])
 def test_public_text_classes_run_alone_built_from_a_config(name):
-    from turbo_hf import TurboCLIPTextModel, TurboSiglipTextModel
+    from turbo_hf.modeling import TurboCLIPTextModel, TurboSiglipTextModel
 
     turbo_class = {"clip": TurboCLIPTextModel, "siglip": TurboSiglipTextModel}[name]
     stock = build(name, "sdpa").text_model

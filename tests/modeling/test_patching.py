@@ -11,19 +11,8 @@ from transformers import Dinov2Backbone, Dinov2ForImageClassification, GPT2Confi
 from transformers.models.vit.modeling_vit import ViTLayer
 
 from turbo_hf.testing.tiny_models import build, dinov2_config, inputs, vit_config
-from turbo_hf import (
-    TurboConfig,
-    TurboDinov2Config,
-    TurboDinov2Model,
-    TurboViTConfig,
-    TurboViTModel,
-    apply_turbo,
-    get_turbo_config,
-    is_turbo_applied,
-    remove_turbo,
-    supported_classes,
-    turbo,
-)
+from turbo_hf import TurboConfig, TurboDinov2Model, TurboViTModel, apply_turbo, get_turbo_config, is_turbo_applied, remove_turbo, supported_classes, turbo
+from turbo_hf.modeling import TurboDinov2Config, TurboViTConfig
 
 
 def test_unsupported_model_lists_the_supported_classes():

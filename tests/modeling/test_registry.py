@@ -9,7 +9,8 @@ from transformers.conversion_mapping import (
     register_checkpoint_conversion_mapping,
 )
 
-from turbo_hf import TurboConfig, supported_classes  # importing turbo_hf registers every family
+from turbo_hf import TurboConfig
+from turbo_hf.modeling import supported_classes  # importing turbo_hf registers every family
 from turbo_hf.modeling import registry
 from turbo_hf.modeling.modeling_turbo_blip_text import BLIP_ITM_TEXT_ENCODER
 from turbo_hf.modeling.registry import (

@@ -76,7 +76,7 @@ def model_card(
         "## Load it",
         "",
         "```python",
-        f"from turbo_hf import {model_class_name}  # pip install turbo-hf",
+        f"from turbo_hf.modeling import {model_class_name}  # pip install turbo-hf",
         f"model = {model_class_name}.from_pretrained(\"PATH_OR_REPO\")",
         "```",
         "",
@@ -133,7 +133,8 @@ class TurboHubMixin:
     ```python
     >>> import os, tempfile
     >>> from transformers import AutoModel
-    >>> from turbo_hf import TurboConfig, TurboViTConfig, TurboViTModel
+    >>> from turbo_hf import TurboConfig, TurboViTModel
+    >>> from turbo_hf.modeling import TurboViTConfig
     >>> config = TurboViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
     ...                         image_size=32, patch_size=8, turbo_config=TurboConfig(r=2))
     >>> folder = tempfile.mkdtemp()

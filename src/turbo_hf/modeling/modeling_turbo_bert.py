@@ -95,7 +95,8 @@ class TurboBertModel(TurboHubMixin, BertModel):
 
     ```python
     >>> import torch
-    >>> from turbo_hf import TurboBertConfig, TurboBertModel, TurboConfig
+    >>> from turbo_hf import TurboBertModel, TurboConfig
+    >>> from turbo_hf.modeling import TurboBertConfig
     >>> config = TurboBertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
     ...                          intermediate_size=64, turbo_config=TurboConfig(r=3))
     >>> out = TurboBertModel(config).eval()(input_ids=torch.randint(1, 99, (2, 16)))

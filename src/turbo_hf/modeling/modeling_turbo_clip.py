@@ -80,7 +80,8 @@ class TurboCLIPModel(TurboModelMixin, CLIPModel):
     Example:
 
     ```python
-    >>> from turbo_hf import TurboCLIPConfig, TurboCLIPModel, TurboConfig
+    >>> from turbo_hf import TurboCLIPModel, TurboConfig
+    >>> from turbo_hf.modeling import TurboCLIPConfig
     >>> tower = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     >>> config = TurboCLIPConfig(text_config=dict(vocab_size=99, **tower),
     ...                          vision_config=dict(image_size=32, patch_size=8, **tower), projection_dim=16,

@@ -65,7 +65,8 @@ class TurboDinov2Model(TurboModelMixin, Dinov2Model):
     Example:
 
     ```python
-    >>> from turbo_hf import TurboConfig, TurboDinov2Config, TurboDinov2Model
+    >>> from turbo_hf import TurboConfig, TurboDinov2Model
+    >>> from turbo_hf.modeling import TurboDinov2Config
     >>> config = TurboDinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=28,
     ...                            patch_size=7, turbo_config=TurboConfig(r=3))
     >>> TurboDinov2Model(config).turbo_runtime.schedule(17)

@@ -46,7 +46,8 @@ class TurboViTModel(TurboModelMixin, ViTModel):
     Example:
 
     ```python
-    >>> from turbo_hf import TurboConfig, TurboViTConfig, TurboViTModel
+    >>> from turbo_hf import TurboConfig, TurboViTModel
+    >>> from turbo_hf.modeling import TurboViTConfig
     >>> config = TurboViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
     ...                         image_size=32, patch_size=8, turbo_config=TurboConfig(r=2))
     >>> TurboViTModel(config).turbo_runtime.schedule(17)

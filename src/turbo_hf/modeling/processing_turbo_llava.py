@@ -44,7 +44,8 @@ class TurboLlavaProcessor(LlavaProcessor):
     ```python
     >>> from tokenizers import Tokenizer, models
     >>> from transformers import CLIPImageProcessorPil, PreTrainedTokenizerFast
-    >>> from turbo_hf import TurboLlavaConfig, TurboLlavaProcessor
+    >>> from turbo_hf import TurboLlavaProcessor
+    >>> from turbo_hf.modeling import TurboLlavaConfig
     >>> vocab = {"<unk>": 0, "<image>": 1}  # in practice: TurboLlavaProcessor.from_pretrained("llava-hf/...")
     >>> tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
     ...                                     unk_token="<unk>", extra_special_tokens={"image_token": "<image>"})
