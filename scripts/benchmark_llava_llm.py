@@ -53,7 +53,7 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration  # noqa: E40
 
 import turbo_hf  # noqa: E402
 from turbo_hf import TurboConfig
-from turbo_hf.modeling import apply_turbo  # noqa: E402
+from turbo_hf import apply_turbo  # noqa: E402
 from turbo_hf.modeling.compat import cache_kwargs, cache_of  # noqa: E402
 from turbo_hf.evaluation.timing import interleaved_medians  # noqa: E402
 

@@ -10,7 +10,7 @@ from transformers.conversion_mapping import (
 )
 
 from turbo_hf import TurboConfig
-from turbo_hf.modeling import supported_classes  # importing turbo_hf registers every family
+from turbo_hf import supported_classes  # importing turbo_hf registers every family
 from turbo_hf.modeling import registry
 from turbo_hf.modeling.modeling_turbo_blip_text import BLIP_ITM_TEXT_ENCODER
 from turbo_hf.modeling.registry import (
