@@ -26,8 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if (REPO_ROOT / "src" / "turbo_hf").is_dir() and str(REPO_ROOT / "src") not in sys.path:
     sys.path.insert(0, str(REPO_ROOT / "src"))  # run from a checkout without installing the package
 
-from turbo_hf import TurboConfig, apply_turbo
-from turbo_hf import turbo_plan  # noqa: E402
+from turbo_hf import TurboConfig, apply_turbo, turbo_plan  # noqa: E402
 from turbo_hf.evaluation.arguments import comma_type  # noqa: E402
 from turbo_hf.evaluation.backbone import benchmark_metadata  # noqa: E402
 from turbo_hf.evaluation.tables import markdown_table, publish  # noqa: E402

@@ -52,8 +52,7 @@ import transformers  # noqa: E402
 from transformers import LlavaConfig, LlavaForConditionalGeneration  # noqa: E402
 
 import turbo_hf  # noqa: E402
-from turbo_hf import TurboConfig
-from turbo_hf import apply_turbo  # noqa: E402
+from turbo_hf import TurboConfig, apply_turbo  # noqa: E402
 from turbo_hf.modeling.compat import cache_kwargs, cache_of  # noqa: E402
 from turbo_hf.evaluation.timing import interleaved_medians  # noqa: E402
 

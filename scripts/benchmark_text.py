@@ -52,8 +52,7 @@ if str(REPO_ROOT / "src") not in sys.path:  # run from a checkout without instal
 
 from transformers import AutoTokenizer, BertModel  # noqa: E402
 
-from turbo_hf import TurboConfig, apply_turbo, turbo_plan
-from turbo_hf import unmerge  # noqa: E402
+from turbo_hf import TurboConfig, apply_turbo, turbo_plan, unmerge  # noqa: E402
 from turbo_hf.evaluation.report import package_version, run_metadata  # noqa: E402
 from turbo_hf.evaluation.timing import interleaved_medians  # noqa: E402
 
