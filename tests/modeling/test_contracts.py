@@ -160,7 +160,7 @@ INIT_CASES = [case for case in CASES if case.turbo_class]
 @pytest.mark.parametrize("case", INIT_CASES, ids=lambda case: case.turbo_class)
 def test_a_turbo_class_built_from_a_config_initialises_like_the_stock_class(case):
     config = case.make_config()
-    stock_class, turbo_class = getattr(transformers, case.stock_class), getattr(turbo_hf, case.turbo_class)
+    stock_class, turbo_class = getattr(transformers, case.stock_class), getattr(turbo_hf.modeling, case.turbo_class)
     torch.manual_seed(0)
     stock = stock_class(config).state_dict()
     turbo_config = turbo_config_of(config, turbo_class.config_class)

@@ -77,7 +77,7 @@ def test_stock_checkpoint_to_turbo_folder_and_back(case, tmp_path):
     inputs = case.inputs(stock, turbo=merging)
     expected = case.read(apply_turbo(stock, merging), inputs)
 
-    turbo_class = getattr(turbo_hf, case.turbo_class)
+    turbo_class = getattr(turbo_hf.modeling, case.turbo_class)
     model = turbo_class.from_pretrained(tmp_path / "stock", turbo_config=merging, attn_implementation=attn).eval()
     assert torch.equal(case.read(model, inputs), expected)
     model.save_pretrained(tmp_path / "turbo")

@@ -242,8 +242,8 @@ def test_the_import_time_check_catches_side_effects():
 def _remote_code_sources() -> dict[str, Path]:
     """Every file any Turbo class or processor copies into a Hub folder."""
     files = {}
-    for name in dir(turbo_hf):
-        obj = getattr(turbo_hf, name)
+    for name in dir(turbo_hf.modeling):
+        obj = getattr(turbo_hf.modeling, name)
         if isinstance(obj, type) and (getattr(obj, "turbo_auto_classes", None) or getattr(obj, "_auto_class", None)):
             if obj.__module__.startswith("turbo_hf."):
                 files.update({p.name: p for p in remote_code_files(sys.modules[obj.__module__].__file__)})
