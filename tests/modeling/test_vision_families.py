@@ -189,6 +189,7 @@ def test_bfloat16_plans_follow_float32_matching_of_the_same_keys(mode, monkeypat
 # --------------------------------------------------------------------------------------------- torch.compile
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "backend"), [("vit", "aot_eager"), ("dinov2", "eager")])
 def test_compile_fullgraph_one_graph_across_batch_sizes(name, backend):
     """r fixed: every shape is static but the batch, so one graph with no break serves every batch size."""
