@@ -202,7 +202,7 @@ def test_measurement_counts_flops_and_times_every_setting():
     assert set(result) == {"stock", "tome r=8", "turbo r=8"}
     assert result["stock"]["speedup"] == 1.0 and len(result["tome r=8"]["latencies_ms"]) == 2
     assert result["tome r=8"]["flops"] < result["stock"]["flops"]
-    assert result["stock"]["memory"]["peak_mb"] > 0 and result["stock"]["throughput"] > 0
+    assert result["stock"]["throughput"] == pytest.approx(2 * 1000 / result["stock"]["median_ms"])
     assert type(model).__name__ == "ViTModel"  # left stock
 
 
