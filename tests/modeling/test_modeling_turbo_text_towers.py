@@ -93,3 +93,22 @@ def test_public_text_classes_run_alone_built_from_a_config(name):
         merging.load_state_dict(stock.state_dict())
         out = merging(input_ids=ids, attention_mask=mask)
     assert out.last_hidden_state.shape[1] == 12 and not torch.equal(out.pooler_output, reference)
+
+
+@pytest.mark.parametrize("name", ["clip", "siglip"])
+def test_public_text_classes_load_a_stock_checkpoint_with_turbo_settings_and_keep_them(name, tmp_path):
+    from turbo_hf.modeling import TurboCLIPTextModel, TurboSiglipTextModel
+
+    turbo_class = {"clip": TurboCLIPTextModel, "siglip": TurboSiglipTextModel}[name]
+    stock = build(name, "sdpa").text_model.eval()
+    stock.save_pretrained(tmp_path / "stock")
+    ids, mask = text_inputs(name)
+    merging = apply_turbo(build(name, "sdpa").text_model.eval(), TurboConfig(r=2))
+    model = turbo_class.from_pretrained(tmp_path / "stock", turbo_config=TurboConfig(r=2)).eval()
+    model.save_pretrained(tmp_path / "turbo")
+    again = turbo_class.from_pretrained(tmp_path / "turbo").eval()
+    with torch.no_grad():
+        expected = merging(input_ids=ids, attention_mask=mask).pooler_output
+        assert not torch.equal(expected, stock(input_ids=ids, attention_mask=mask).pooler_output)
+        assert torch.equal(model(input_ids=ids, attention_mask=mask).pooler_output, expected)
+        assert torch.equal(again(input_ids=ids, attention_mask=mask).pooler_output, expected)

@@ -12,6 +12,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from .configuration_turbo import as_turbo_config
 from .hub_export import TurboHubMixin
 from .output_order import stock_field_order
 from .patching import apply_turbo_from_config
@@ -103,9 +104,15 @@ def blip_vision_forward(
 
 class TurboSelfPatchingMixin:
     """A public Turbo class built from a config runs as built: it patches itself with `config.turbo_config`
-    (the stock computation, r=0, when the config carries none)."""
+    (the stock computation, r=0, when the config carries none).
 
-    def __init__(self, config, *args, **kwargs) -> None:
+    Classes on a stock config (the CLIP and SigLIP text towers) also take `turbo_config=` here, which is where
+    `from_pretrained(..., turbo_config=...)` passes it when the config has no such field: it is stored on the
+    config, so `save_pretrained` keeps it."""
+
+    def __init__(self, config, *args, turbo_config=None, **kwargs) -> None:
+        if turbo_config is not None:
+            config.turbo_config = as_turbo_config(turbo_config)
         super().__init__(config, *args, **kwargs)
         apply_turbo_from_config(self)
 
