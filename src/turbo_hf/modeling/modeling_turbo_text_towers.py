@@ -67,6 +67,15 @@ class TurboSiglipTextEncoderLayer(SiglipEncoderLayer):
     forward = text_tower_layer_forward
 
 
+def _embedded_text(model, input_ids, position_ids, attention_mask):
+    """The stock text towers' first lines: ids flattened to (B, N), their embeddings, and the real-token mask."""
+    if input_ids is None:
+        raise ValueError("You have to specify input_ids")
+    input_ids = input_ids.view(-1, input_ids.shape[-1])
+    hidden_states = model.embeddings(input_ids=input_ids, position_ids=position_ids)
+    return input_ids, hidden_states, text_token_mask(attention_mask, hidden_states)
+
+
 def _pooled_token(output_hidden, source, pooled):
     index = source.gather(1, pooled[:, None])[:, 0]
     return output_hidden[torch.arange(output_hidden.shape[0], device=output_hidden.device), index]
@@ -81,11 +90,7 @@ class TurboCLIPTextModel(TurboSelfPatchingMixin, CLIPTextModel):
     @capture_outputs(tie_last_hidden_states=False)
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs) -> BaseModelOutputWithPooling:
         # Copied from transformers.models.clip.modeling_clip.CLIPTextModel.forward (v5.24)
-        if input_ids is None:
-            raise ValueError("You have to specify input_ids")
-        input_ids = input_ids.view(-1, input_ids.shape[-1])
-        hidden_states = self.embeddings(input_ids=input_ids, position_ids=position_ids)
-        token_mask = text_token_mask(attention_mask, hidden_states)
+        input_ids, hidden_states, token_mask = _embedded_text(self, input_ids, position_ids, attention_mask)
         mask = create_causal_mask(
             config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask, **cache_kwargs(None)
         )
@@ -111,11 +116,7 @@ class TurboSiglipTextModel(TurboSelfPatchingMixin, SiglipTextModel):
     @capture_outputs(tie_last_hidden_states=False)
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs) -> BaseModelOutputWithPooling:
         # Copied from transformers.models.siglip.modeling_siglip.SiglipTextModel.forward (v5.24)
-        if input_ids is None:
-            raise ValueError("You have to specify input_ids")
-        input_ids = input_ids.view(-1, input_ids.shape[-1])
-        hidden_states = self.embeddings(input_ids=input_ids, position_ids=position_ids)
-        token_mask = text_token_mask(attention_mask, hidden_states)
+        input_ids, hidden_states, token_mask = _embedded_text(self, input_ids, position_ids, attention_mask)
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
         pooled = torch.full((hidden_states.shape[0],), hidden_states.shape[1] - 1, device=hidden_states.device)
         hidden_states, size, source, token_mask = run_text_layers(
