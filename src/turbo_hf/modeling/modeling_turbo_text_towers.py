@@ -131,40 +131,37 @@ def _text_tokens(config) -> int:
     return config.max_position_embeddings
 
 
-register_adapter(
-    FamilyAdapter(
-        name="clip-text",
-        spatial_only=True,
-        model_classes=(CLIPTextModel, CLIPTextModelWithProjection),
-        vision_models=lambda model: [model if isinstance(model, CLIPTextModel) else model.text_model],
-        layers=lambda tower: tower.encoder.layers,
-        class_map={
-            CLIPTextModel: TurboCLIPTextModel,
-            CLIPEncoderLayer: TurboCLIPTextEncoderLayer,
-            CLIPAttention: TurboCLIPAttention,
-        },
-        attention_attr="self_attn",
-        mlp_attr="mlp",
-        protect_first=False,
-        tokens_for_config=_text_tokens,
+def _register_text_tower(name: str, model_classes: tuple, vision_models, class_map: dict) -> None:
+    """A text tower's adapter: every token may merge except the pooled one (protected by the layers themselves)."""
+    register_adapter(
+        FamilyAdapter(
+            name=name,
+            spatial_only=True,
+            model_classes=model_classes,
+            vision_models=vision_models,
+            layers=lambda tower: tower.encoder.layers,
+            class_map=class_map,
+            attention_attr="self_attn",
+            mlp_attr="mlp",
+            protect_first=False,
+            tokens_for_config=_text_tokens,
+        )
     )
-)
 
-register_adapter(
-    FamilyAdapter(
-        name="siglip-text",
-        spatial_only=True,
-        model_classes=(SiglipTextModel,),
-        vision_models=lambda model: [model],
-        layers=lambda tower: tower.encoder.layers,
-        class_map={
-            SiglipTextModel: TurboSiglipTextModel,
-            SiglipEncoderLayer: TurboSiglipTextEncoderLayer,
-            SiglipAttention: TurboSiglipAttention,
-        },
-        attention_attr="self_attn",
-        mlp_attr="mlp",
-        protect_first=False,
-        tokens_for_config=_text_tokens,
-    )
+
+_register_text_tower(
+    "clip-text",
+    (CLIPTextModel, CLIPTextModelWithProjection),
+    lambda model: [model if isinstance(model, CLIPTextModel) else model.text_model],
+    {CLIPTextModel: TurboCLIPTextModel, CLIPEncoderLayer: TurboCLIPTextEncoderLayer, CLIPAttention: TurboCLIPAttention},
+)
+_register_text_tower(
+    "siglip-text",
+    (SiglipTextModel,),
+    lambda model: [model],
+    {
+        SiglipTextModel: TurboSiglipTextModel,
+        SiglipEncoderLayer: TurboSiglipTextEncoderLayer,
+        SiglipAttention: TurboSiglipAttention,
+    },
 )
