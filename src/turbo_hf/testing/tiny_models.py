@@ -5,9 +5,12 @@ the text encoders, BLIP, BLIP-2, InstructBLIP and LLaVA (`turbo_hf.testing.famil
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from transformers import (
     BertConfig,
+    BertTokenizer,
     BlipConfig,
     Blip2Config,
     CLIPConfig,
@@ -216,3 +219,12 @@ def large_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 scale = 1.0 if "query_tokens" in name else 0.2
                 param.copy_(torch.randn(param.shape, generator=generator) * scale)
     return model.eval()
+
+
+def bert_tokenizer(words: Sequence[str]) -> BertTokenizer:
+    """A word-level BERT tokenizer built by hand: [PAD] = 0, [UNK], [CLS], [SEP], [MASK], then `words` (lower
+    case; any other word is [UNK]); at most 94 words, so that its ids fit `bert_config()`'s vocabulary."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(word.lower() for word in words)]
+    if len(vocab) > 99:
+        raise ValueError(f"`words` must hold at most 94 distinct words, got {len(vocab) - 5}.")
+    return BertTokenizer(vocab={word: i for i, word in enumerate(vocab)})
