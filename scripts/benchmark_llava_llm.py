@@ -14,9 +14,9 @@ Measured against the stock model (`LlavaForConditionalGeneration`, no Turbo), in
   runs it);
 - decode: 32 greedy decoding steps on the KV cache of that prefill (each step one token per sample, as
   `generate()` runs them); reported per token. The cache is cut back (`cache.crop(-32)`) after each timed run;
-- both timed with `turbo_hf.evaluation.timing.interleaved_medians` (every setting and the stock model in round-robin rounds;
-  medians), wall clock and, separately, process CPU time (with one torch thread the CPU time is the compute
-  itself, not time spent waiting for a core on a shared machine);
+- both timed with `turbo_hf.evaluation.timing.interleaved_times` (every setting and the stock model in rotating
+  round-robin rounds; medians with their spread), wall clock and, separately, process CPU time (with one torch
+  thread the CPU time is the compute itself, not time spent waiting for a core on a shared machine);
 - memory: the peak of tensor memory allocated during one prefill + 32 decoding steps, from the torch profiler
   (`profile_memory=True`: allocations minus frees in time order, relative to the start; weights excluded),
   and the size of the KV cache after the prefill.
@@ -24,41 +24,22 @@ Measured against the stock model (`LlavaForConditionalGeneration`, no Turbo), in
 Run:
 
     PYTHONPATH=src python scripts/benchmark_llava_llm.py            # writes benchmarks/llava_llm.{json,md}
-    PYTHONPATH=src python scripts/benchmark_llava_llm.py --quick    # smoke run: 2 layers, 1 round
+    PYTHONPATH=src python scripts/benchmark_llava_llm.py --quick    # smoke run: 4 layers, batch 1, 1 round
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
-import os
-import platform
-import statistics
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import torch
 
-import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT / "src") not in sys.path:  # run from a checkout without installing the package
-    sys.path.insert(0, str(REPO_ROOT / "src"))
-
-import transformers  # noqa: E402
-from transformers import LlavaConfig, LlavaForConditionalGeneration  # noqa: E402
-
-import turbo_hf  # noqa: E402
-from turbo_hf import TurboConfig, apply_turbo  # noqa: E402
-from turbo_hf.modeling.compat import cache_kwargs, cache_of  # noqa: E402
-from turbo_hf.evaluation.timing import interleaved_medians  # noqa: E402
-
-IMAGE_TOKEN_ID = 999
-BOS, USER, ASSISTANT, NEWLINE = 1, 5, 6, 7
-NEW_TOKENS = 32
+from turbo_hf.evaluation.arguments import comma_type
+from turbo_hf.evaluation.llm_benchmark import llava_shaped_model, run_batch
+from turbo_hf.evaluation.llm_report import llm_markdown
+from turbo_hf.evaluation.report import run_metadata
+from turbo_hf.evaluation.tables import save
 
 SETTINGS = [
     ("stock", None),
@@ -70,308 +51,38 @@ SETTINGS = [
 ]
 
 
-def build_model(layers: int, attn: str) -> LlavaForConditionalGeneration:
-    vision = dict(
-        model_type="clip_vision_model",
-        hidden_size=64,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        image_size=336,
-        patch_size=14,
-        projection_dim=64,
-    )
-    text = dict(
-        model_type="llama",
-        vocab_size=1000,
-        hidden_size=256,
-        intermediate_size=688,
-        num_hidden_layers=layers,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-        max_position_embeddings=2048,
-        pad_token_id=0,
-        bos_token_id=BOS,
-        eos_token_id=2,
-    )
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN_ID, pad_token_id=0)
-    for sub in (config, config.vision_config, config.text_config):
-        sub._attn_implementation = attn
-    torch.manual_seed(0)
-    return LlavaForConditionalGeneration(config).eval()
-
-
-def make_inputs(batch: int, image_tokens: int, seed: int = 0) -> dict:
-    """Prompts `<s> USER: <image>... words \\n ASSISTANT:` with ~40 text tokens (36..44 in a batch), left-padded."""
-    generator = torch.Generator().manual_seed(seed)
-    text_counts = [40] if batch == 1 else [36 + (8 * i) // (batch - 1) for i in range(batch)]
-    rows = []
-    for count in text_counts:
-        words = torch.randint(10, 990, (count - 5,), generator=generator).tolist()
-        rows.append([BOS, USER] + [IMAGE_TOKEN_ID] * image_tokens + words + [NEWLINE, ASSISTANT, NEWLINE])
-    length = max(len(row) for row in rows)
-    input_ids = torch.zeros(batch, length, dtype=torch.long)
-    attention_mask = torch.zeros(batch, length, dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, length - len(row) :] = torch.tensor(row)
-        attention_mask[i, length - len(row) :] = 1
-    pixel_values = torch.randn(batch, 3, 336, 336, generator=generator)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}, text_counts
-
-
-class Runner:
-    """Prefill and decode callables for one model setting on one batch."""
-
-    def __init__(self, model, inputs: dict, new_tokens: int):
-        self.model, self.inputs, self.new_tokens = model, inputs, new_tokens
-        mask = inputs["attention_mask"]
-        self.positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        self.cpu = {"prefill": [], "decode": []}
-        self.output = None
-
-    def prefill(self):
-        start = time.process_time()
-        with torch.no_grad():
-            self.output = self.model(
-                **self.inputs, position_ids=self.positions, use_cache=True, logits_to_keep=1, return_dict=True
-            )
-        self.cpu["prefill"].append(time.process_time() - start)
-        return self.output
-
-    def decode(self):
-        """`new_tokens` greedy steps on the prefill's cache, then the cache is cut back to the prefill."""
-        cache = cache_of(self.output)
-        token = self.output.logits[:, -1].argmax(-1, keepdim=True)
-        mask, position = self.inputs["attention_mask"], self.positions[:, -1:]
-        start = time.process_time()
-        tokens = []
-        with torch.no_grad():
-            for _ in range(self.new_tokens):
-                mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-                position = position + 1
-                out = self.model(
-                    input_ids=token,
-                    attention_mask=mask,
-                    position_ids=position,
-                    use_cache=True,
-                    **cache_kwargs(cache),
-                    logits_to_keep=1,
-                    return_dict=True,
-                )
-                token = out.logits[:, -1].argmax(-1, keepdim=True)
-                tokens.append(token)
-        self.cpu["decode"].append(time.process_time() - start)
-        cache.crop(-self.new_tokens)
-        return torch.cat(tokens, dim=1)
-
-
-def cache_megabytes(cache) -> float:
-    return sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers) / 2**20
-
-
-def peak_tensor_megabytes(call) -> float:
-    """Peak of tensor memory allocated during `call` (torch profiler; allocations minus frees, in time order)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        call()
-    changes = sorted(
-        (event.time_range.start, event.self_cpu_memory_usage) for event in prof.events() if event.self_cpu_memory_usage
-    )
-    current = peak = 0
-    for _, change in changes:
-        current += change
-        peak = max(peak, current)
-    return peak / 2**20
-
-
-def run_batch(model, weights, batch: int, settings, repeats: int, warmup: int, new_tokens: int) -> dict:
-    runners, info = {}, {}
-    for name, turbo in settings:
-        variant = build_variant(model, weights, turbo)
-        # the placeholders: 576 per image, or the merged count when the vision tower merges
-        image_tokens = 576 if turbo is None else variant.model.num_image_tokens()
-        inputs, text_counts = make_inputs(batch, image_tokens)  # same words and pixels for every setting
-        runner = Runner(variant, inputs, new_tokens)
-        runner.prefill()
-        state = getattr(cache_of(runner.output), "turbo_llm_state", None)
-        tokens_per_layer = [layer.keys.shape[2] for layer in cache_of(runner.output).layers]
-        info[name] = {
-            "turbo_config": None if turbo is None else TurboConfig(**turbo).settings(),
-            "image_tokens_to_llm": image_tokens,
-            "prompt_length": inputs["input_ids"].shape[1],
-            "cache_tokens_per_layer": tokens_per_layer,
-            "kv_cache_mb": cache_megabytes(cache_of(runner.output)),
-            "reduced_layers": None if state is None else state.layers,
-        }
-        runners[name] = runner
-    calls = {}
-    for name, runner in runners.items():
-        calls[f"{name}|prefill"] = runner.prefill
-        calls[f"{name}|decode"] = runner.decode
-    medians = interleaved_medians(calls, repeats=repeats, warmup=warmup)
-    for name, runner in runners.items():
-        info[name]["prefill_s"] = medians[f"{name}|prefill"]
-        info[name]["decode_per_token_s"] = medians[f"{name}|decode"] / new_tokens
-        info[name]["prefill_cpu_s"] = statistics.median(runner.cpu["prefill"][warmup:])
-        info[name]["decode_per_token_cpu_s"] = statistics.median(runner.cpu["decode"][warmup:]) / new_tokens
-
-        def both(runner=runner):
-            runner.prefill()
-            runner.decode()
-
-        runner.output = None  # the previous cache is freed before the profiled call starts
-
-        info[name]["peak_tensor_mb"] = peak_tensor_megabytes(both)
-    stock = info["stock"]
-    for name, entry in info.items():
-        entry["prefill_speedup"] = stock["prefill_s"] / entry["prefill_s"]
-        entry["decode_speedup"] = stock["decode_per_token_s"] / entry["decode_per_token_s"]
-        entry["prefill_speedup_cpu"] = stock["prefill_cpu_s"] / entry["prefill_cpu_s"]
-        entry["decode_speedup_cpu"] = stock["decode_per_token_cpu_s"] / entry["decode_per_token_cpu_s"]
-        entry["peak_memory_ratio"] = entry["peak_tensor_mb"] / stock["peak_tensor_mb"]
-        entry["kv_cache_ratio"] = entry["kv_cache_mb"] / stock["kv_cache_mb"]
-        # language-model work if it were linear in tokens: token-layers of the stock prefill / of this setting
-        entry["token_layer_limit"] = sum(stock["cache_tokens_per_layer"]) / sum(entry["cache_tokens_per_layer"])
-    return {
-        "batch": batch,
-        "prompt_length": info["stock"]["prompt_length"],
-        "text_tokens": text_counts,
-        "settings": info,
-    }
-
-
-def build_variant(model, weights, turbo):
-    """A copy of the stock model (same weights), patched with `turbo` (None: stock)."""
-    variant = LlavaForConditionalGeneration(model.config).eval()
-    variant.load_state_dict(weights)
-    if turbo is not None:
-        apply_turbo(variant, **turbo)
-    return variant
-
-
-def markdown(result: dict) -> str:
-    meta = result["meta"]
-    lines = [
-        "# Image tokens reduced inside LLaVA's language model: speed and memory",
-        "",
-        f"Generated by `scripts/benchmark_llava_llm.py` on {meta['date']} ({meta['cpu']}, {meta['cores']} usable "
-        f"cores, torch {meta['torch']} with {meta['threads']} thread(s), transformers {meta['transformers']}, "
-        f"attention `{meta['attn']}`; load average at start {meta['load']}; total run {meta['runtime_s']:.0f} s).",
-        "",
-        "Model: LLaVA-shaped, random weights. CLIP tower 336 px / patch 14 (576 image tokens reach the language "
-        "model), 4 layers of width 64; Llama language model with "
-        f"{meta['text_layers']} layers, hidden 256, 8 heads, intermediate 688, vocabulary 1000. Prompt: "
-        "`<s> USER: <image> words ... ASSISTANT:` with ~40 text tokens.",
-        "",
-        "*prefill*: one forward over the prompt and images (`use_cache=True`, `logits_to_keep=1`); *decode*: "
-        f"{meta['new_tokens']} greedy steps on that prefill's KV cache, per token. Times are medians of "
-        f"{meta['repeats']} interleaved rounds (`turbo_hf.evaluation.timing.interleaved_medians`, after {meta['warmup']} warm-up "
-        "round), wall clock; *CPU*: the same ratio from process CPU time. Ratios are stock / setting (> 1: faster). "
-        f"*peak mem*: peak tensor memory allocated during one prefill + {meta['new_tokens']} decoding steps, from the "
-        "torch profiler "
-        "(`profile_memory=True`, allocations minus frees in time order; model weights excluded), as a ratio to the "
-        "stock model's; *KV cache*: cache size after the prefill; *limit*: the language model's prefill work if it "
-        "were linear in tokens, stock token-layers / setting token-layers (the quadratic attention part and the "
-        "vision tower not counted). Turbo: default scoring (`mode='turbo'`, alpha "
-        "0.02, `alpha_scale='length'`, last prompt token as the text query); `reduction` merge unless noted.",
-        "",
-    ]
-    for batch in result["batches"]:
-        lines += [
-            f"## Batch {batch['batch']} (prompt length {batch['prompt_length']}, text tokens {batch['text_tokens']})",
-            "",
-            "| setting | image tokens: LLM input -> after reductions | cache tokens (layer 0 / last) | limit | "
-            "prefill | prefill x (CPU) | decode / token | decode x (CPU) | peak mem | KV cache |",
-            "| :--- | :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for name, entry in batch["settings"].items():
-            config = entry["turbo_config"] or {}
-            keeps = config.get("llm_keep") or []
-            tokens = " -> ".join(str(v) for v in [entry["image_tokens_to_llm"], *keeps])
-            cache = entry["cache_tokens_per_layer"]
-            if name == "stock":
-                prefill = f"{entry['prefill_s'] * 1000:.0f} ms"
-                decode = f"{entry['decode_per_token_s'] * 1000:.1f} ms"
-                prefill_x = decode_x = "1.00x"
-                memory = f"{entry['peak_tensor_mb']:.0f} MB"
-                kv = f"{entry['kv_cache_mb']:.1f} MB"
-            else:
-                prefill = f"{entry['prefill_speedup']:.2f}x"
-                decode = f"{entry['decode_speedup']:.2f}x"
-                prefill_x = f"{entry['prefill_speedup_cpu']:.2f}x"
-                decode_x = f"{entry['decode_speedup_cpu']:.2f}x"
-                memory = f"{entry['peak_memory_ratio']:.2f} ({entry['peak_tensor_mb']:.0f} MB)"
-                kv = f"{entry['kv_cache_ratio']:.2f} ({entry['kv_cache_mb']:.1f} MB)"
-            lines.append(
-                f"| {name} | {tokens} | {cache[0]} / {cache[-1]} | {entry['token_layer_limit']:.2f}x | {prefill} | "
-                f"{prefill_x} | {decode} | {decode_x} | "
-                f"{memory} | {kv} |"
-            )
-        lines.append("")
-    lines += [
-        "Stock row: absolute values (prefill latency, time per decoded token, peak tensor memory, KV cache); other "
-        "rows: ratios to it. The JSON keeps every absolute value.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 4 layers, batch 1, 1 round")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks"))
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 4 layers, batch 1, 1 round, 4 new tokens")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (one: CPU time is the compute itself)")
+    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation")
+    parser.add_argument("--batches", type=comma_type(int), default=[1, 4], help="batch sizes, comma-separated")
+    parser.add_argument("--new-tokens", type=int, default=32, help="greedy decoding steps timed after the prefill")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "benchmarks"), help="output folder")
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.time()
-    layers, repeats, batches, settings = 32, args.repeats, args.batches, SETTINGS
-    new_tokens = NEW_TOKENS
+    layers, repeats, batches, new_tokens, settings = 32, args.repeats, args.batches, args.new_tokens, SETTINGS
     if args.quick:
         layers, repeats, batches, new_tokens = 4, 1, [1], 4
         settings = [s for s in SETTINGS if not (s[1] or {}).get("llm_layers") or max(s[1]["llm_layers"]) < 4]
-    model = build_model(layers, args.attn)
-    weights = model.state_dict()
+    model = llava_shaped_model(layers, args.attn)
     results = []
     for batch in batches:
-        results.append(run_batch(model, weights, batch, settings, repeats, args.warmup, new_tokens))
+        results.append(run_batch(model, batch, settings, repeats, args.warmup, new_tokens))
         print(f"batch {batch} done after {time.time() - start:.0f} s", flush=True)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    result = {
-        "meta": {
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "cpu": cpu,
-            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "turbo_hf": getattr(turbo_hf, "__version__", None),
-            "attn": args.attn,
-            "load": ", ".join(f"{value:.2f}" for value in os.getloadavg()),
-            "text_layers": layers,
-            "repeats": repeats,
-            "warmup": args.warmup,
-            "new_tokens": new_tokens,
-            "memory_measure": "torch profiler (profile_memory=True): peak of allocations minus frees during one "
-            "prefill + decoding, weights excluded",
-            "quick": args.quick,
-        },
-        "batches": results,
-    }
-    result["meta"]["runtime_s"] = time.time() - start
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "llava_llm_quick" if args.quick else "llava_llm"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(markdown(result))
-    print(markdown(result))
+    meta = run_metadata(
+        model="LLaVA-shaped, random weights (turbo_hf.evaluation.llm_benchmark.llava_shaped_model)",
+        attn=args.attn, text_layers=layers, repeats=repeats, warmup=args.warmup, new_tokens=new_tokens,
+        quick=args.quick,
+    )
+    result = {"meta": meta, "batches": results, "runtime_s": time.time() - start}
+    page = llm_markdown(result)
+    save(args.out, "llava_llm_quick" if args.quick else "llava_llm", result, page)
+    print(page)
+    return result
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import importlib.util
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -43,7 +43,7 @@ from ..modeling.patching import is_turbo_applied, remove_turbo, turbo_plan
 from .report import package_version, run_metadata
 from .settings import Setting, build_settings, use_setting
 from .text_corpus import passage_batches, select_passages
-from .timing import interleaved_times, timing_summary
+from .timing import cpu_clocked, interleaved_times, timing_summary
 
 logger = logging.get_logger(__name__)
 
@@ -194,17 +194,6 @@ def quality_rows(
     return rows
 
 
-def _cpu_clocked(call: Callable[[], object], seconds: list[float]) -> Callable[[], None]:
-    """`call`, appending the CPU time the process spent in it to `seconds` (with one torch thread: the compute)."""
-
-    def run() -> None:
-        start = time.process_time()
-        call()
-        seconds.append(time.process_time() - start)
-
-    return run
-
-
 def time_settings(
     model: nn.Module, settings: Sequence[Setting], batch: dict[str, torch.Tensor], repeats: int, warmup: int
 ) -> dict[str, dict[str, list[float]]]:
@@ -218,7 +207,7 @@ def time_settings(
     try:
         with torch.inference_mode():
             wall = interleaved_times(
-                {s.name: _cpu_clocked(partial(model, **batch), cpu[s.name]) for s in settings},
+                {s.name: cpu_clocked(partial(model, **batch), cpu[s.name]) for s in settings},
                 repeats=repeats, warmup=warmup, rotate=True,
                 prepare={s.name: partial(use_setting, model, s) for s in settings},
                 on_call=lambda name, seconds: bar.update(),

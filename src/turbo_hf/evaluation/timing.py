@@ -103,4 +103,16 @@ def timing_summary(samples: list[float]) -> dict[str, float]:
     return {"median": median, "min": min(samples), "max": max(samples), "spread": (max(samples) - min(samples)) / median}
 
 
-__all__ = ["interleaved_medians", "interleaved_times", "synchronize", "timing_summary"]
+def cpu_clocked(call: Callable[[], object], seconds: list[float]) -> Callable[[], None]:
+    """`call`, appending the CPU time the process spent in it to `seconds` (with one torch thread: the compute
+    itself, not time spent waiting for a core on a shared machine)."""
+
+    def run() -> None:
+        start = time.process_time()
+        call()
+        seconds.append(time.process_time() - start)
+
+    return run
+
+
+__all__ = ["cpu_clocked", "interleaved_medians", "interleaved_times", "synchronize", "timing_summary"]
