@@ -139,6 +139,8 @@ class TurboPlaceholderMixin:
 
     def get_placeholder_mask(self, input_ids, inputs_embeds, image_features=None, video_features=None):
         # Overrides transformers.models.llava_next.modeling_llava_next.LlavaNextModel.get_placeholder_mask (v5.24)
+        # Overrides transformers.models.llava_onevision.modeling_llava_onevision.LlavaOnevisionModel.get_placeholder_mask (v5.24)
+        # Overrides transformers.models.llava_next_video.modeling_llava_next_video.LlavaNextVideoModel.get_placeholder_mask (v5.24)
         given = {"image": image_features, "video": video_features}
         if input_ids is not None:
             for kind, features in given.items():
