@@ -103,14 +103,13 @@ NEXT_CASES = {
 }
 
 
-def run_remote(folder, auto_class: str, tensors_path, call: str) -> subprocess.CompletedProcess:
-    """Load `folder` with trust_remote_code in a fresh interpreter where turbo_hf is not importable; `call` computes
-    the output compared with the in-package one."""
-    script = textwrap.dedent(
+REMOTE_HEADER = "import sys\nsys.modules['turbo_hf'] = None  # any `import turbo_hf` now fails\nimport torch, transformers\n"
+
+
+def remote_check(folder, auto_class: str, tensors_path, call: str) -> str:
+    """The lines that load `folder` with trust_remote_code and print whether `call` gives the saved output."""
+    return textwrap.dedent(
         f"""
-        import sys
-        sys.modules["turbo_hf"] = None  # any `import turbo_hf` now fails
-        import torch, transformers
         inputs, expected = torch.load({str(tensors_path)!r})
         model = getattr(transformers, {auto_class!r}).from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
@@ -119,7 +118,12 @@ def run_remote(folder, auto_class: str, tensors_path, call: str) -> subprocess.C
         print("REMOTE", type(model).__name__, torch.equal(got, expected))
         """
     )
+
+
+def run_remote_checks(checks: list[str]) -> subprocess.CompletedProcess:
+    """Run `remote_check` lines in one fresh interpreter where turbo_hf is not importable."""
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    script = REMOTE_HEADER + "".join(checks)
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -133,14 +137,17 @@ FAMILY_FILES.update({
 })
 
 
-@pytest.mark.parametrize("family_file", list(CASES))
-def test_a_family_folder_carries_its_file_and_the_kit_only_and_loads_without_the_package(family_file, tmp_path):
-    build, auto_class, make_inputs, call = CASES[family_file]
+def saved_folder(family_file: str, case: tuple, folder, tensors_path) -> tuple[str, str]:
+    """Build and save the Turbo model of `case`, check the folder's files, save the inputs and the in-package output.
+
+    Returns:
+        The `remote_check` lines for the folder and the model class name.
+    """
+    build, auto_class, make_inputs, call = case
     torch.manual_seed(0)
     model = build().eval()
     module_file = sys.modules[type(model).__module__].__file__
     assert module_file.endswith(family_file)
-    folder = tmp_path / "turbo"
     model.save_pretrained(folder)
 
     copied = {path.name for path in folder.glob("*.py")}
@@ -150,50 +157,22 @@ def test_a_family_folder_carries_its_file_and_the_kit_only_and_loads_without_the
     inputs = make_inputs()
     with torch.no_grad():
         expected = eval(call, {}, {"model": model, "inputs": inputs})
-    torch.save((inputs, expected), tmp_path / "tensors.pt")
-    result = run_remote(folder, auto_class, tmp_path / "tensors.pt", call)
+    torch.save((inputs, expected), tensors_path)
+    return remote_check(folder, auto_class, tensors_path, call), type(model).__name__
+
+
+@pytest.mark.parametrize("family_file", list(CASES))
+def test_a_family_folder_carries_its_file_and_the_kit_only_and_loads_without_the_package(family_file, tmp_path):
+    check, name = saved_folder(family_file, CASES[family_file], tmp_path / "turbo", tmp_path / "tensors.pt")
+    result = run_remote_checks([check])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"REMOTE {type(model).__name__} True" in result.stdout
+    assert f"REMOTE {name} True" in result.stdout
 
 
 def test_llava_next_style_folders_carry_their_files_and_load_without_the_package(tmp_path):
-    checks = []
-    for index, (family_file, (build, auto_class, make_inputs, call)) in enumerate(NEXT_CASES.items()):
-        torch.manual_seed(0)
-        model = build().eval()
-        folder = tmp_path / f"turbo{index}"
-        model.save_pretrained(folder)
-        module_file = sys.modules[type(model).__module__].__file__
-        copied = {path.name for path in folder.glob("*.py")}
-        assert copied == {path.name for path in remote_code_files(module_file)}
-        assert {name for name in copied if name.startswith("modeling_turbo_")} == FAMILY_FILES[family_file]
-        inputs = make_inputs()
-        with torch.no_grad():
-            expected = eval(call, {}, {"model": model, "inputs": inputs})
-        torch.save((inputs, expected), tmp_path / f"tensors{index}.pt")
-        checks.append((folder, auto_class, tmp_path / f"tensors{index}.pt", call, type(model).__name__))
-    script = "\n".join(
-        [
-            "import sys",
-            "sys.modules['turbo_hf'] = None",
-            "import torch, transformers",
-        ]
-        + [
-            textwrap.dedent(
-                f"""
-                inputs, expected = torch.load({str(tensors)!r})
-                model = getattr(transformers, {auto!r}).from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
-                assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-                with torch.no_grad():
-                    got = {call}
-                print("REMOTE", type(model).__name__, torch.equal(got, expected))
-                """
-            )
-            for folder, auto, tensors, call, _ in checks
-        ]
-    )
-    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    saved = [saved_folder(family_file, case, tmp_path / f"turbo{i}", tmp_path / f"tensors{i}.pt")
+             for i, (family_file, case) in enumerate(NEXT_CASES.items())]
+    result = run_remote_checks([check for check, _ in saved])  # one interpreter for the three
     assert result.returncode == 0, result.stderr[-3000:]
-    for *_, name in checks:
+    for _, name in saved:
         assert f"REMOTE {name} True" in result.stdout

@@ -150,6 +150,7 @@ def test_the_video_count_is_the_processor_count_and_a_wrong_one_names_both():
     processor.sync_with(model)
     expanded = processor.replace_video_token({"pixel_values_videos": [np.zeros((4, 3, 32, 32))]}, 0)
     assert expanded == "<video>" * count
+    assert {"video_keep": 0.3, "patch_size": 4}.items() <= processor.to_dict().items()  # what `save_pretrained` keeps
     videos = torch.randn(1, 4, 3, 32, 32)
     with torch.no_grad():
         assert model.model.get_video_features(videos).pooler_output.shape[1] == count

@@ -142,7 +142,7 @@ class TurboPlaceholderMixin:
         # Overrides transformers.models.llava_onevision.modeling_llava_onevision.LlavaOnevisionModel.get_placeholder_mask (v5.24)
         # Overrides transformers.models.llava_next_video.modeling_llava_next_video.LlavaNextVideoModel.get_placeholder_mask (v5.24)
         given = {"image": image_features, "video": video_features}
-        if input_ids is not None:
+        if input_ids is not None and not torch.compiler.is_compiling():  # compiled: the stock check alone
             for kind, features in given.items():
                 if features is None:
                     continue
@@ -184,7 +184,11 @@ def register_grid_family(
     **adapter_kwargs,
 ) -> FamilyAdapter:
     """Register a LLaVA-NeXT-style family: Turbo merges in its `tower_class` vision tower (CLIP or SigLIP, anything
-    else refused by name) and its model classes get `turbo_classes` (the placeholder check, the Hub classes)."""
+    else refused by name) and its model classes get `turbo_classes` (the placeholder check, the Hub classes); each
+    Turbo model class of `hub_classes` saves a folder with those Auto classes."""
+    for auto_classes in hub_classes.values():
+        for turbo_class in auto_classes.values():
+            turbo_class.turbo_auto_classes = auto_classes
     turbo_tower = {CLIPVisionModel: TurboGridCLIPVisionModel, SiglipVisionModel: TurboGridSiglipVisionModel}[tower_class]
 
     def inner(model: nn.Module) -> nn.Module:

@@ -65,8 +65,6 @@ LLAVA_NEXT_AUTO_CLASSES = {
     "AutoModelForImageTextToText": TurboLlavaNextForConditionalGeneration,
     "AutoModel": TurboLlavaNextModel,
 }
-TurboLlavaNextForConditionalGeneration.turbo_auto_classes = LLAVA_NEXT_AUTO_CLASSES
-TurboLlavaNextModel.turbo_auto_classes = LLAVA_NEXT_AUTO_CLASSES
 
 register_grid_family(
     "llava_next",

@@ -116,8 +116,6 @@ LLAVA_NEXT_VIDEO_AUTO_CLASSES = {
     "AutoModelForImageTextToText": TurboLlavaNextVideoForConditionalGeneration,
     "AutoModel": TurboLlavaNextVideoModel,
 }
-TurboLlavaNextVideoForConditionalGeneration.turbo_auto_classes = LLAVA_NEXT_VIDEO_AUTO_CLASSES
-TurboLlavaNextVideoModel.turbo_auto_classes = LLAVA_NEXT_VIDEO_AUTO_CLASSES
 
 register_grid_family(
     "llava_next_video",

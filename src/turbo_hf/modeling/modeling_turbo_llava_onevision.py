@@ -71,8 +71,6 @@ LLAVA_ONEVISION_AUTO_CLASSES = {
     "AutoModelForImageTextToText": TurboLlavaOnevisionForConditionalGeneration,
     "AutoModel": TurboLlavaOnevisionModel,
 }
-TurboLlavaOnevisionForConditionalGeneration.turbo_auto_classes = LLAVA_ONEVISION_AUTO_CLASSES
-TurboLlavaOnevisionModel.turbo_auto_classes = LLAVA_ONEVISION_AUTO_CLASSES
 
 register_grid_family(
     "llava_onevision",

@@ -24,8 +24,33 @@ class TurboLlavaNextVideoProcessor(LlavaNextVideoProcessor):
 
     _auto_class = "AutoProcessor"
 
-    def __init__(self, video_processor=None, image_processor=None, tokenizer=None, video_keep=None, **kwargs):
-        super().__init__(video_processor, image_processor, tokenizer, **kwargs)
+    def __init__(
+        self,
+        video_processor=None,
+        image_processor=None,
+        tokenizer=None,
+        chat_template=None,
+        patch_size=None,
+        vision_feature_select_strategy=None,
+        video_token="<video>",
+        image_token="<image>",
+        num_additional_image_tokens=0,
+        video_keep: int | float | None = None,
+        **kwargs,
+    ):
+        # the stock signature spelled out: `save_pretrained` keeps the `__init__` arguments only
+        super().__init__(
+            video_processor,
+            image_processor,
+            tokenizer,
+            chat_template=chat_template,
+            patch_size=patch_size,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            video_token=video_token,
+            image_token=image_token,
+            num_additional_image_tokens=num_additional_image_tokens,
+            **kwargs,
+        )
         self.video_keep = as_turbo_config({"video_keep": video_keep}).video_keep
 
     def sync_with(self, model_or_config) -> "TurboLlavaNextVideoProcessor":
