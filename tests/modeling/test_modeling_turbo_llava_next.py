@@ -121,6 +121,20 @@ def test_a_feature_layer_list_merges_and_keeps_the_count(next_inputs):
     assert [f.shape for f in merged] == [f.shape for f in stock] and not torch.equal(merged[0], stock[0])
 
 
+def test_every_hidden_state_the_tower_returns_is_on_the_full_grid():
+    model = build(tiny_models.llava_next_config)
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        stock = model.model.vision_tower(pixels, output_hidden_states=True)
+        at_zero = apply_turbo(model, r=0).model.vision_tower(pixels, output_hidden_states=True)
+        merged = apply_turbo(model, r=8).model.vision_tower(pixels, output_hidden_states=True, return_dict=False)
+    assert all(torch.equal(a, b) for a, b in zip(at_zero.hidden_states, stock.hidden_states))
+    assert torch.equal(at_zero.pooler_output, stock.pooler_output)
+    states = merged[2]
+    assert len(states) == len(stock.hidden_states) and all(s.shape == t.shape for s, t in zip(states, stock.hidden_states))
+    assert torch.equal(states[0], stock.hidden_states[0]) and not torch.equal(states[-1], stock.hidden_states[-1])
+
+
 def test_onevision_video_frames_merge_in_the_tower_with_the_stock_count():
     model = build(tiny_models.llava_onevision_config)
     videos = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -154,6 +168,7 @@ def test_the_video_count_is_the_processor_count_and_a_wrong_one_names_both():
     videos = torch.randn(1, 4, 3, 32, 32)
     with torch.no_grad():
         assert model.model.get_video_features(videos).pooler_output.shape[1] == count
+        assert model.model.get_video_features(videos, return_dict=False)[1].shape[1] == count  # pooler_output
         with pytest.raises(ValueError, match=rf"holds 64 video tokens but the model gives {count} video features.*"
                                              "TurboLlavaNextVideoProcessor"):
             model(input_ids=torch.tensor([[2] + [VIDEO] * 64]), pixel_values_videos=videos)
