@@ -165,6 +165,8 @@ def test_the_video_count_is_the_processor_count_and_a_wrong_one_names_both():
     expanded = processor.replace_video_token({"pixel_values_videos": [np.zeros((4, 3, 32, 32))]}, 0)
     assert expanded == "<video>" * count
     assert {"video_keep": 0.3, "patch_size": 4}.items() <= processor.to_dict().items()  # what `save_pretrained` keeps
+    with pytest.raises(ValueError, match="needs a \\(Turbo\\) LLaVA-NeXT-Video model or config, got a LlavaNextConfig"):
+        processor.sync_with(tiny_models.llava_next_config())
     videos = torch.randn(1, 4, 3, 32, 32)
     with torch.no_grad():
         assert model.model.get_video_features(videos).pooler_output.shape[1] == count

@@ -4,7 +4,7 @@ the stock expansion (Turbo gives the full grid back for them)."""
 
 from __future__ import annotations
 
-from transformers import AutoProcessor
+from transformers import AutoProcessor, LlavaNextVideoConfig
 from transformers.models.llava_next_video.processing_llava_next_video import LlavaNextVideoProcessor
 
 from .configuration_turbo import as_turbo_config
@@ -56,6 +56,9 @@ class TurboLlavaNextVideoProcessor(LlavaNextVideoProcessor):
     def sync_with(self, model_or_config) -> "TurboLlavaNextVideoProcessor":
         """Take `video_keep` from a (Turbo) LLaVA-NeXT-Video model (the settings it runs with) or config."""
         config = getattr(model_or_config, "config", model_or_config)
+        if not isinstance(config, LlavaNextVideoConfig):
+            raise ValueError("`TurboLlavaNextVideoProcessor.sync_with` needs a (Turbo) LLaVA-NeXT-Video model or config, "
+                             f"got a {type(model_or_config).__name__}.")
         inner = getattr(model_or_config, "model", model_or_config)
         runtime = getattr(getattr(inner, "vision_tower", None), "turbo_runtime", None)
         turbo = runtime.config if runtime is not None else as_turbo_config(getattr(config, "turbo_config", None))
