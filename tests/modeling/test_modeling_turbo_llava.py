@@ -20,8 +20,6 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaModel,
-    LlavaNextConfig,
-    LlavaNextForConditionalGeneration,
     LlavaProcessor,
     PreTrainedTokenizerFast,
 )
@@ -417,11 +415,6 @@ def test_unsupported_settings_and_models_are_refused():
     model = TurboLlavaForConditionalGeneration(llava_config(TurboLlavaConfig, turbo_config={"r": 4})).eval()
     with pytest.raises(ValueError, match="needs 3 layers"):
         model.get_image_features(pixel_values=inputs["pixel_values"], vision_feature_layer=-1)
-
-    # LLaVA-NeXT packs features into the full patch grid: not supported
-    next_config = LlavaNextConfig(vision_config=llava_config().vision_config, text_config=llava_config().text_config)
-    with pytest.raises(ValueError, match="Turbo does not support LlavaNextForConditionalGeneration"):
-        apply_turbo(LlavaNextForConditionalGeneration(next_config), r=4)
 
 
 def test_export_with_the_llava_preset_saves_a_synced_processor(stock_folder, tmp_path):

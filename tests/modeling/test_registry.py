@@ -24,6 +24,7 @@ from turbo_hf.modeling.registry import (
 )
 
 FAMILIES = {"bert", "blip", "blip_2", "clip", "clip-text", "dinov2", "instructblip", "llava", "siglip", "siglip-text", "vit"}
+FAMILIES |= {"llava_next", "llava_next_video", "llava_onevision"}
 
 
 def bare(cls: type) -> nn.Module:

@@ -49,6 +49,18 @@ from .modeling_turbo_siglip import (
 from .modeling_turbo_text_towers import TurboCLIPTextModel, TurboSiglipTextModel
 from .modeling_turbo_vit import TurboViTConfig, TurboViTForImageClassification, TurboViTModel
 from .processing_turbo_llava import TurboLlavaProcessor
+from .modeling_turbo_llava_next import TurboLlavaNextConfig, TurboLlavaNextForConditionalGeneration, TurboLlavaNextModel
+from .modeling_turbo_llava_next_video import (
+    TurboLlavaNextVideoConfig,
+    TurboLlavaNextVideoForConditionalGeneration,
+    TurboLlavaNextVideoModel,
+)
+from .modeling_turbo_llava_onevision import (
+    TurboLlavaOnevisionConfig,
+    TurboLlavaOnevisionForConditionalGeneration,
+    TurboLlavaOnevisionModel,
+)
+from .processing_turbo_llava_next_video import TurboLlavaNextVideoProcessor
 from .auto_classes import register_auto_classes
 
 register_auto_classes()
@@ -86,6 +98,16 @@ __all__ = [
     "TurboLlavaConfig",
     "TurboLlavaForConditionalGeneration",
     "TurboLlavaModel",
+    "TurboLlavaNextConfig",
+    "TurboLlavaNextForConditionalGeneration",
+    "TurboLlavaNextModel",
+    "TurboLlavaNextVideoConfig",
+    "TurboLlavaNextVideoForConditionalGeneration",
+    "TurboLlavaNextVideoModel",
+    "TurboLlavaNextVideoProcessor",
+    "TurboLlavaOnevisionConfig",
+    "TurboLlavaOnevisionForConditionalGeneration",
+    "TurboLlavaOnevisionModel",
     "TurboLlavaProcessor",
     "TurboSiglipConfig",
     "TurboSiglipForImageClassification",

@@ -89,6 +89,15 @@ def _keep_ratios(value: object) -> list[float] | None:
     return [float(ratio) for ratio in value]
 
 
+def _video_keep(value: object) -> None:
+    """`video_keep` checked: None, an integer >= 1 or a float in (0, 1)."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return
+    if not (isinstance(value, float) and 0 < value < 1):
+        raise ValueError(f"`video_keep` must be an integer >= 1 (tokens per video), a float in (0, 1) (their share) "
+                         f"or None, got {value!r}.")
+
+
 class TurboConfig(PreTrainedConfig):
     r"""
     Settings of Turbo token merging (Ju et al., ECCV 2024) for a vision encoder.
@@ -163,6 +172,10 @@ class TurboConfig(PreTrainedConfig):
             reads (in (0, 1], non-increasing, the first 1.0): each layer ranks the image tokens by the
             cross-attention they receive from the real text tokens and the next layer keeps the top share (the
             image [CLS] always stays). None reads them all.
+        video_keep (`int` or `float`, *optional*):
+            Video models (`LlavaNextVideoForConditionalGeneration`): the tokens each video keeps after its frames'
+            tokens are merged jointly before the language model (an int: at most that many; a float in (0, 1):
+            that share of the video's tokens). None keeps them all.
 
     Example:
 
@@ -194,6 +207,7 @@ class TurboConfig(PreTrainedConfig):
     token_order: str = "spatial"
     text_r: int | list[int] | None = None
     image_keep: list[float] | None = None
+    video_keep: int | float | None = None
 
     def __post_init__(self, **kwargs):
         check_setting_names(kwargs)
@@ -219,6 +233,7 @@ class TurboConfig(PreTrainedConfig):
             if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
                 raise ValueError(f"`flops_ratio` must be a number in (0, 1], got {ratio!r}.")
         self._validate_llm()
+        _video_keep(self.video_keep)
         _allowed("schedule", self.schedule, SCHEDULES)
         _allowed("mode", self.mode, MODES)
         _allowed("reduction", self.reduction, REDUCTIONS)

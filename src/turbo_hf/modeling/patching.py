@@ -247,6 +247,11 @@ def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -
             f"`llm_layers`/`llm_keep` reduce image tokens inside a language model; {type(model).__name__} has "
             "none (they apply to LLaVA)."
         )
+    if config.video_keep is not None and not adapter.merges_video:
+        raise ValueError(
+            f"`video_keep` merges a video's tokens before a language model; {type(model).__name__} has no such path "
+            "(it applies to LlavaNextVideoForConditionalGeneration)."
+        )
     if adapter.spatial_only and config.token_order != "spatial" and config.removes_tokens:
         raise ValueError(
             f"`token_order={config.token_order!r}` reorders the tokens of every layer; {type(model).__name__} needs "

@@ -88,6 +88,8 @@ class FamilyAdapter:
         hub_classes: for each Turbo config class of the family (distinct `model_type`), the Auto class
             names and the public Turbo model classes registered for it.
         extra_encoders: further encoders reduced with settings of their own (`ReducibleEncoder`).
+        merges_video: the family merges each video's tokens jointly before its language model (`video_keep`);
+            the other families refuse `video_keep` at `apply_turbo`.
     """
 
     name: str
@@ -105,6 +107,7 @@ class FamilyAdapter:
     validate: Callable[[nn.Module, object], None] | None = None
     spatial_only: bool = False
     extra_encoders: tuple[ReducibleEncoder, ...] = ()
+    merges_video: bool = False
 
     def class_maps(self) -> list[dict[type, type]]:
         """The class map of the main encoder(s), then those of the extra encoders."""

@@ -19,6 +19,8 @@ from transformers.utils import ModelOutput
 from . import tiny_models
 from ..modeling.configuration_turbo import TurboConfig
 from ..modeling.llava_token_counts import image_token_count
+from ..modeling.modeling_turbo_llava_next_video import stock_video_tokens
+from ..modeling.video_token_merging import video_token_count
 
 
 Inputs = dict[str, object]
@@ -179,6 +181,37 @@ def _llava(batch: int, model: nn.Module, turbo: TurboConfig | None) -> Inputs:
     return {"pixel_values": _pixels(batch), "input_ids": torch.cat([image, _ids(batch, 5, 10, 100)], dim=1)}
 
 
+NEXT_IMAGE_SIZE = (32, 64)  # two anyres tiles and the base image
+
+
+def _next_images(batch: int, model: nn.Module) -> Inputs:
+    """LLaVA-NeXT-style images: the crops of each image and its size, with the stock placeholder count (Turbo keeps
+    it: the tower gives the full grid back)."""
+    config = model.config
+    crops = 1 + (NEXT_IMAGE_SIZE[0] // tiny_models.IMAGE_SIZE) * (NEXT_IMAGE_SIZE[1] // tiny_models.IMAGE_SIZE)
+    generator = torch.Generator().manual_seed(1)
+    pixels = torch.randn(batch, crops, 3, tiny_models.IMAGE_SIZE, tiny_models.IMAGE_SIZE, generator=generator)
+    sizes = torch.tensor([NEXT_IMAGE_SIZE] * batch)
+    with torch.no_grad():
+        count = next(m for m in model.modules() if hasattr(m, "pack_image_features")).get_image_features(
+            pixels[:1], sizes[:1]).pooler_output[0].shape[0]
+    image = torch.tensor([[2] + [config.image_token_id] * count] * batch)
+    return {"pixel_values": pixels, "image_sizes": sizes, "input_ids": torch.cat([image, _ids(batch, 5, 10, 100)], 1)}
+
+
+def _llava_next(batch: int, model: nn.Module, turbo: TurboConfig | None) -> Inputs:
+    return _next_images(batch, model)
+
+
+def _llava_next_video(batch: int, model: nn.Module, turbo: TurboConfig | None) -> Inputs:
+    frames = 4
+    videos = torch.randn(batch, frames, 3, tiny_models.IMAGE_SIZE, tiny_models.IMAGE_SIZE,
+                         generator=torch.Generator().manual_seed(3))
+    count = video_token_count(stock_video_tokens(model.config, frames), (turbo or TurboConfig()).video_keep)
+    video = torch.tensor([[2] + [tiny_models.LLAVA_VIDEO_TOKEN] * count] * batch)
+    return {"pixel_values_videos": videos, "input_ids": torch.cat([video, _ids(batch, 5, 10, 100)], dim=1)}
+
+
 # ---------------------------------------------------------------------------------------------------- rows
 
 
@@ -264,5 +297,16 @@ CASES = [
                unlike_stock=LLAVA_IMAGE_OUTPUTS),
     FamilyCase("llava-model", "LlavaModel", tiny_models.llava_config, _llava, _flat("last_hidden_state"),
                merging={"r": 8}, turbo_class="TurboLlavaModel", spatial_only=True, unlike_stock=LLAVA_IMAGE_OUTPUTS),
+]
+CASES += [  # Turbo in the tower, the full grid given back: the stock counts and processors
+    FamilyCase("llava-next", "LlavaNextForConditionalGeneration", tiny_models.llava_next_config, _llava_next,
+               _flat("logits"), merging={"r": 8}, turbo_class="TurboLlavaNextForConditionalGeneration",
+               auto_class="AutoModelForImageTextToText"),
+    FamilyCase("llava-onevision", "LlavaOnevisionForConditionalGeneration", tiny_models.llava_onevision_config,
+               _llava_next, _flat("logits"), merging={"r": 8}, turbo_class="TurboLlavaOnevisionForConditionalGeneration",
+               auto_class="AutoModelForImageTextToText"),
+    FamilyCase("llava-next-video", "LlavaNextVideoForConditionalGeneration", tiny_models.llava_next_video_config,
+               _llava_next_video, _flat("logits"), merging={"r": 8, "video_keep": 0.25},
+               turbo_class="TurboLlavaNextVideoForConditionalGeneration", auto_class="AutoModelForImageTextToText"),
 ]
 BY_NAME = {case.name: case for case in CASES}

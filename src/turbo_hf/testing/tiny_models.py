@@ -25,6 +25,9 @@ from transformers import (
     Dinov2Model,
     InstructBlipConfig,
     LlavaConfig,
+    LlavaNextConfig,
+    LlavaNextVideoConfig,
+    LlavaOnevisionConfig,
     PretrainedConfig,
     SiglipConfig,
     SiglipForImageClassification,
@@ -208,6 +211,34 @@ def llava_config(**kw) -> LlavaConfig:
     text = dict(model_type="llama", vocab_size=120, **SMALL, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, max_position_embeddings=256, pad_token_id=1, bos_token_id=2, eos_token_id=3)
     return LlavaConfig(vision_config=vision, text_config=text, image_token_id=LLAVA_IMAGE_TOKEN, pad_token_id=1, **kw)
+
+
+GRID_PINPOINTS = [[32, 64], [64, 32], [64, 64]]  # anyres tiles of the 32 px tower
+LLAVA_VIDEO_TOKEN = 5
+
+
+def _next_parts(tower: str, text: str) -> dict:
+    vision = dict(model_type=tower, **_vision_kwargs())
+    vision["num_hidden_layers"] = 3
+    text = dict(model_type=text, vocab_size=120, **SMALL, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=512, pad_token_id=1, bos_token_id=2, eos_token_id=3)
+    return dict(vision_config=vision, text_config=text, image_token_id=LLAVA_IMAGE_TOKEN,
+                image_grid_pinpoints=GRID_PINPOINTS, pad_token_id=1)
+
+
+def llava_next_config(**kw) -> LlavaNextConfig:
+    """LLaVA-NeXT: a 3-layer CLIP tower (32 px crops, 64 patches + [CLS]), anyres tiles up to 64 px, a 2-layer Llama."""
+    return LlavaNextConfig(**_next_parts("clip_vision_model", "llama"), **kw)
+
+
+def llava_onevision_config(**kw) -> LlavaOnevisionConfig:
+    """LLaVA-OneVision: a 3-layer SigLIP tower (32 px crops, 64 patches), anyres tiles up to 64 px, a 2-layer Qwen2."""
+    return LlavaOnevisionConfig(**_next_parts("siglip_vision_model", "qwen2"), video_token_id=LLAVA_VIDEO_TOKEN, **kw)
+
+
+def llava_next_video_config(**kw) -> LlavaNextVideoConfig:
+    """LLaVA-NeXT-Video: LLaVA-NeXT's tiny parts and a video token (16 tokens per pooled 32 px frame)."""
+    return LlavaNextVideoConfig(**_next_parts("clip_vision_model", "llama"), video_token_id=LLAVA_VIDEO_TOKEN, **kw)
 
 
 def large_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

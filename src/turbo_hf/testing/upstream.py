@@ -156,6 +156,28 @@ OVERRIDES: tuple[Override, ...] = tuple(
         Override("turbo_hf.modeling.modeling_turbo_blip_text.blip_text_eager_attention",
                  "transformers.models.blip.modeling_blip_text.BlipTextSelfAttention.forward"),
         Override("turbo_hf.modeling.llm_token_reduction_llama._rope", "transformers.models.llama.modeling_llama.apply_rotary_pos_emb"),
+        # LLaVA-NeXT-style families: the grid-restoring towers, the placeholder check, the video merge
+        *(
+            Override(f"turbo_hf.modeling.llava_next_kit.{ours}", f"transformers.models.{path}.forward")
+            for ours, path in (
+                ("TurboGridTowerMixin.forward", "clip.modeling_clip.CLIPVisionModel"),
+                ("TurboGridTowerMixin.forward", "siglip.modeling_siglip.SiglipVisionModel"),
+                ("TurboGridCLIPVisionModel.turbo_embed", "clip.modeling_clip.CLIPVisionModel"),
+                ("TurboGridSiglipVisionModel.turbo_embed", "siglip.modeling_siglip.SiglipVisionModel"),
+            )
+        ),
+        *(
+            Override("turbo_hf.modeling.llava_next_kit.TurboPlaceholderMixin.get_placeholder_mask",
+                     f"transformers.models.{path}.get_placeholder_mask")
+            for path in ("llava_next.modeling_llava_next.LlavaNextModel",
+                         "llava_onevision.modeling_llava_onevision.LlavaOnevisionModel",
+                         "llava_next_video.modeling_llava_next_video.LlavaNextVideoModel")
+        ),
+        Override("turbo_hf.modeling.modeling_turbo_llava_next_video.TurboLlavaNextVideoModel.get_video_features",
+                 "transformers.models.llava_next_video.modeling_llava_next_video.LlavaNextVideoModel.get_video_features"),
+        Override("turbo_hf.modeling.processing_turbo_llava_next_video.TurboLlavaNextVideoProcessor.replace_video_token",
+                 "transformers.models.llava_next_video.processing_llava_next_video.LlavaNextVideoProcessor"
+                 ".replace_video_token"),
     ]
 )
 
