@@ -183,3 +183,11 @@ def test_a_missing_local_model_or_dataset_fails_at_once(tmp_path, monkeypatch, c
         with pytest.raises(UsageError, match=f"--dataset: the local file or folder '{missing}' does not exist"):
             load_data(missing)
     assert time.perf_counter() - start < 10
+
+
+@pytest.mark.parametrize("script", ["eval_captioning", "eval_classification", "eval_retrieval", "eval_vqa"])
+def test_help_says_how_max_samples_picks_rows(script, capsys):
+    with pytest.raises(SystemExit):
+        load_script(script).parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--max-samples N evaluate N rows: spread over the classes" in text and "--sample-seed" in text

@@ -22,6 +22,7 @@ import pytest
 
 from turbo_hf.evaluation import driver
 from turbo_hf.evaluation.driver import CLASSIFICATION_FAMILIES, GENERATIVE_FAMILIES, RETRIEVAL_FAMILIES
+from turbo_hf.evaluation.runner import launch_warning
 from turbo_hf.testing.eval_assets import CHECKPOINTS, write_checkpoint, write_dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -43,6 +44,8 @@ RUNS = {
     "classification-dinov2": ("eval_classification", "dinov2", "dinov2", "folder", TURBO),
     "classification-clip": ("eval_classification", "clip", "clip", "folder", TURBO),
     "classification-siglip": ("eval_classification", "siglip", "siglip", "folder", TURBO),
+    "classification-clip-vision": ("eval_classification", "clip_vision_model", "clip_vision", "folder", TURBO),
+    "classification-siglip-vision": ("eval_classification", "siglip_vision_model", "siglip_vision", "folder", TURBO),
     "classification-convnext-stock": ("eval_classification", "convnext", "convnext", "folder", ["--modes", "none"]),
     "retrieval-clip": ("eval_retrieval", "clip", "clip", "data.jsonl",
                        ["--caption-column", "captions", "--modes", "stock,random,semantic", "--r", "4"]),
@@ -210,11 +213,21 @@ def test_a_family_a_script_does_not_accept_is_refused_by_name_before_anything_lo
 
 
 def test_num_processes_without_multi_gpu_warns_that_one_process_runs(tmp_path):
-    program = tmp_path / "runner.py"
-    program.write_text("from turbo_hf.evaluation.runner import Runner\nprint('processes', Runner().num_processes)\n")
-    done = subprocess.run([*accelerate_command("--num_processes", "2"), str(program)], env=offline_env(),
-                          capture_output=True, text=True, timeout=300)
+    """The real launcher: what it starts and sets for `--num_processes 2` alone (the child only records it, so it
+    needs no turbo_hf import), then the warning `Runner` gives for exactly that (test_runner.py: that it logs it)."""
+    program = tmp_path / "record.py"
+    program.write_text(
+        "import json, os, sys\nfrom accelerate import PartialState\n"
+        "arguments = open(f'/proc/{os.getppid()}/cmdline').read().split(chr(0))\n"
+        "json.dump({'processes': PartialState(cpu=True).num_processes, 'environ': dict(os.environ), "
+        "'arguments': arguments, 'script': sys.argv[0]}, open(sys.argv[1], 'w'))\n"
+    )
+    record = tmp_path / "record.json"
+    done = subprocess.run([*accelerate_command("--num_processes", "2"), str(program), str(record)],
+                          env=offline_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "processes 1" in done.stdout
-    assert "`accelerate launch` was asked for 2 processes (`--num_processes 2`), but this run has 1" in done.stderr
-    assert "accelerate launch --multi_gpu --num_processes 2" in done.stderr
+    seen = json.loads(record.read_text())
+    assert seen["processes"] == 1  # accelerate 1.x: one process, without a word about it
+    message = launch_warning(seen["processes"], seen["environ"], seen["arguments"], seen["script"])
+    assert "`accelerate launch` was asked for 2 processes (`--num_processes 2`), but this run has 1" in message
+    assert "accelerate launch --multi_gpu --num_processes 2" in message

@@ -19,7 +19,8 @@ from .local_paths import check_local_path
 # The families (stock `model_type` -> name) each evaluation script runs; `check_family` refuses the others.
 GENERATIVE_FAMILIES = {"blip": "BLIP", "blip-2": "BLIP-2", "instructblip": "InstructBLIP", "llava": "LLaVA-1.5"}
 RETRIEVAL_FAMILIES = {"clip": "CLIP", "siglip": "SigLIP", "blip": "BLIP", "blip-2": "BLIP-2"}
-CLASSIFICATION_FAMILIES = {"vit": "ViT", "dinov2": "DINOv2", "clip": "CLIP", "siglip": "SigLIP"}
+CLASSIFICATION_FAMILIES = {"vit": "ViT", "dinov2": "DINOv2", "clip": "CLIP", "clip_vision_model": "CLIP vision",
+                           "siglip": "SigLIP", "siglip_vision_model": "SigLIP vision"}
 
 
 def _load_config(path: str):
@@ -31,8 +32,14 @@ def _load_config(path: str):
         raise UsageError(f"Could not load a model config from {path!r}: {error}") from error
 
 
-def _stock_type(model_type: str) -> str:
-    return model_type[len("turbo_"):] if model_type.startswith("turbo_") else model_type
+def _stock_type(config) -> str:
+    """The stock `model_type` of a (possibly Turbo) config: that of its first stock base class
+    (`TurboBlip2Config`, "turbo_blip_2" -> "blip-2")."""
+    for cls in type(config).__mro__:
+        model_type = getattr(cls, "model_type", "") or ""
+        if model_type and not model_type.startswith("turbo"):
+            return model_type
+    return getattr(config, "model_type", "") or ""
 
 
 def check_family(path: str, accepted: Mapping[str, str]) -> str:
@@ -43,7 +50,7 @@ def check_family(path: str, accepted: Mapping[str, str]) -> str:
         UsageError: naming the checkpoint's model type and the `accepted` ones (model type -> name).
     """
     path = check_local_path(path, "--model", UsageError)
-    family = _stock_type(getattr(_load_config(path), "model_type", "") or "")
+    family = _stock_type(_load_config(path))
     if family not in accepted:
         names = ", ".join(f"{name} ({model_type})" for model_type, name in accepted.items())
         raise UsageError(f"--model {path!r} is a {family or 'unknown'!r} model; this script evaluates {names}.")
@@ -166,7 +173,7 @@ VQA_PROMPTS = {
 
 def model_type_of(model: nn.Module) -> str:
     """The stock `model_type` of a (possibly Turbo) model: `turbo_blip` -> `blip`."""
-    return _stock_type(getattr(model.config, "model_type", ""))
+    return _stock_type(model.config)
 
 
 def load_processor(path: str, model: nn.Module):

@@ -160,6 +160,23 @@ def _siglip(folder):
     return _save(folder, SiglipModel(siglip_config()), tokenizer, image_processor)
 
 
+def _clip_vision(folder):
+    from transformers import CLIPVisionModel
+
+    from .tiny_models import clip_vision_config
+
+    return _save(folder, CLIPVisionModel(clip_vision_config()), _clip_image_processor())
+
+
+def _siglip_vision(folder):
+    from transformers import SiglipImageProcessor, SiglipVisionModel
+
+    from .tiny_models import siglip_vision_config
+
+    image_processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+    return _save(folder, SiglipVisionModel(siglip_vision_config()), image_processor)
+
+
 def _convnext(folder):  # a family Turbo does not support (classification evaluates it with --modes none)
     from transformers import ConvNextConfig, ConvNextForImageClassification
 
@@ -232,7 +249,8 @@ def _blip_classes():
             "blip_itm": BlipForImageTextRetrieval}
 
 
-CHECKPOINTS = {"vit": _vit, "dinov2": _dinov2, "clip": _clip, "siglip": _siglip, "convnext": _convnext,
+CHECKPOINTS = {"vit": _vit, "dinov2": _dinov2, "clip": _clip, "siglip": _siglip, "clip_vision": _clip_vision,
+               "siglip_vision": _siglip_vision, "convnext": _convnext,
                "blip2": _blip2, "blip2_itm": _blip2_itm, "instructblip": _instructblip, "llava": _llava,
                **{name: None for name in ("blip_caption", "blip_vqa", "blip_itm")}}
 
