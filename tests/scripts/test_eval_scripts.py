@@ -41,7 +41,8 @@ VQA = [*TURBO, "--max-new-tokens", "3", "--num-beams", "1"]
 # id -> (script, family, checkpoint, dataset, arguments)
 RUNS = {
     "classification-vit": ("eval_classification", "vit", "vit", "folder", ["--modes", "none,tome,turbo", "--r", "0,4"]),
-    "classification-dinov2": ("eval_classification", "dinov2", "dinov2", "folder", TURBO),
+    "classification-dinov2": ("eval_classification", "dinov2", "dinov2", "splits",
+                              [*TURBO, "--split", "test", "--probe-train-split", "train"]),
     "classification-clip": ("eval_classification", "clip", "clip", "folder", TURBO),
     "classification-siglip": ("eval_classification", "siglip", "siglip", "folder", TURBO),
     "classification-clip-vision": ("eval_classification", "clip_vision_model", "clip_vision", "folder", TURBO),
@@ -140,8 +141,9 @@ def check_run(run: str, payload: dict) -> None:
         assert all({"top1", "probe_acc"} <= set(m) for m in metrics) and list(rows) == ["stock"]
     elif script == "eval_classification":
         assert all("probe_acc" in m and "top1" not in m for m in metrics)  # no head: the probe alone
-    if script == "eval_classification":
-        assert all(m["num_samples"] == SAMPLES // 2 for m in metrics)  # the probe trained on the other half
+    if script == "eval_classification":  # the probe trained on the train split, else on the other half
+        evaluated = SAMPLES if "--probe-train-split" in RUNS[run][4] else SAMPLES // 2
+        assert all(m["num_samples"] == evaluated for m in metrics) and payload["dataset"]["evaluated"] == evaluated
     if script == "eval_retrieval":
         assert payload["dataset"]["texts"] == 2 * SAMPLES
         assert payload["family"] == {"clip": "dual", "siglip": "dual"}.get(family, family.replace("-", ""))

@@ -2,7 +2,7 @@
 scripts accept, built offline: what `tests/scripts/test_eval_scripts.py` runs the scripts on.
 
 The dataset (`write_dataset`): eight scikit-image photos at 40 px as a `data.jsonl` (image, label, captions,
-question, answers, answer_type) and as an imagefolder of three classes. `write_checkpoint(name, root)` saves one
+question, answers, answer_type) and as an imagefolder of three classes (also with train / test splits). `write_checkpoint(name, root)` saves one
 model of `CHECKPOINTS` with its processor / tokenizer (word-level tokenizers over the dataset's words).
 `write_class_folder` writes an imagefolder of many small classes (the stratified `--max-samples` test)."""
 
@@ -32,7 +32,8 @@ TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, interme
 
 
 def write_dataset(root: Path) -> Path:
-    """`root/data.jsonl` (+ `root/images/`) and the imagefolder `root/folder/<class>/`; returns `root`."""
+    """`root/data.jsonl` (+ `root/images/`), the imagefolder `root/folder/<class>/` and the same images as the
+    `train` and `test` splits of `root/splits`; returns `root`."""
     import skimage.data as skd
     from PIL import Image
 
@@ -44,8 +45,9 @@ def write_dataset(root: Path) -> Path:
         array = np.stack([array] * 3, axis=-1) if array.ndim == 2 else array[..., :3]
         image = Image.fromarray(array.astype(np.uint8)).resize((40, 40))
         image.save(root / "images" / f"{name}.png")
-        (root / "folder" / label).mkdir(parents=True, exist_ok=True)
-        image.save(root / "folder" / label / f"{name}.png")
+        for folder in (root / "folder", root / "splits" / "train", root / "splits" / "test"):
+            (folder / label).mkdir(parents=True, exist_ok=True)
+            image.save(folder / label / f"{name}.png")
         records.append({"image": f"images/{name}.png", "label": CLASSES.index(label), "captions": captions,
                         "question": question, "answers": [answer] * 7 + ["no"] * 3,
                         "answer_type": "number" if question.startswith("how many") else "other"})
