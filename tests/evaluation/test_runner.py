@@ -23,14 +23,18 @@ def test_launch_warning_names_what_was_asked_and_how_to_get_it():
     message = launch_warning(1, SIMPLE_LAUNCH, command, "eval.py")
     assert "asked for 2 processes (`--num_processes 2`), but this run has 1" in message
     assert "accelerate launch --multi_gpu --num_processes 2" in message and "gloo" in message
-    # a count from a config file is not on the command line: the simple launcher's MASTER_ADDR tells
-    assert "asked for more than one process, but this run has 1" in launch_warning(1, SIMPLE_LAUNCH, [], "eval.py")
+    assert launch_warning(1, SIMPLE_LAUNCH, ["accelerate", "launch", "eval.py"], "eval.py") is None  # 1 asked
     torchrun = {"ACCELERATE_MIXED_PRECISION": "no", "MASTER_ADDR": "127.0.0.1", "WORLD_SIZE": "2"}
     assert launch_warning(2, torchrun, ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "eval.py"],
                           "eval.py") is None
     assert launch_warning(1, {"MASTER_ADDR": "127.0.0.1"}, command, "eval.py") is None  # not under accelerate
-    single = {k: v for k, v in SIMPLE_LAUNCH.items() if not k.startswith("MASTER")}
-    assert launch_warning(1, single, ["accelerate", "launch", "eval.py"], "eval.py") is None
+
+
+def test_without_the_launcher_command_line_its_mark_in_the_environment_tells(monkeypatch):
+    monkeypatch.setattr(runner, "_launcher_arguments", lambda: None)  # no /proc
+    assert "asked for more than one process, but this run has 1" in launch_warning(1, SIMPLE_LAUNCH)
+    assert launch_warning(1, {**SIMPLE_LAUNCH, "WORLD_SIZE": "1"}) is None
+    assert launch_warning(1, {k: v for k, v in SIMPLE_LAUNCH.items() if not k.startswith("MASTER")}) is None
 
 
 def test_the_runner_logs_the_warning(monkeypatch):

@@ -68,22 +68,25 @@ def launch_warning(
     """Why this run has fewer processes than `accelerate launch` was asked for, or None.
 
     Only under `accelerate launch` (it sets `ACCELERATE_MIXED_PRECISION`): the count asked for is the launcher's
-    `--num_processes` (`launcher_arguments`, default: the parent process's command line); when that is not there
-    (a config file, or no /proc), its simple launcher's mark is used: `MASTER_ADDR` set (it does that only for
-    more than one process) but no world size.
+    `--num_processes` (`launcher_arguments`, default: the parent process's command line, read up to `script`,
+    default `sys.argv[0]`). When that command line cannot be read (no /proc), the simple launcher's mark tells:
+    `MASTER_ADDR` set (it sets it only for more than one process) but no world size.
     """
     environ = os.environ if environ is None else environ
     if "ACCELERATE_MIXED_PRECISION" not in environ:
         return None
     if launcher_arguments is None:
-        launcher_arguments = _launcher_arguments() or []
-    asked = requested_processes(launcher_arguments, sys.argv[0] if script is None else script)
-    if asked is None and "MASTER_ADDR" in environ and not any(name in environ for name in _WORLD_SIZE_VARIABLES):
+        launcher_arguments = _launcher_arguments()
+    if launcher_arguments is None:
+        asked = None
+        if "MASTER_ADDR" not in environ or any(name in environ for name in _WORLD_SIZE_VARIABLES) or num_processes > 1:
+            return None
         asked_text = "more than one process"
-    elif asked is not None and asked > num_processes:
-        asked_text = f"{asked} processes (`--num_processes {asked}`)"
     else:
-        return None
+        asked = requested_processes(launcher_arguments, sys.argv[0] if script is None else script)
+        if asked is None or asked <= num_processes:
+            return None
+        asked_text = f"{asked} processes (`--num_processes {asked}`)"
     wanted = asked or "N"
     return (
         f"`accelerate launch` was asked for {asked_text}, but this run has {num_processes}: without `--multi_gpu` "

@@ -2,8 +2,9 @@
 scripts accept, built offline: what `tests/scripts/test_eval_scripts.py` runs the scripts on.
 
 The dataset (`write_dataset`): eight scikit-image photos at 40 px as a `data.jsonl` (image, label, captions,
-question, answers, answer_type) and as an imagefolder of three classes (also with train / test splits). `write_checkpoint(name, root)` saves one
-model of `CHECKPOINTS` with its processor / tokenizer (word-level tokenizers over the dataset's words).
+question, answers, answer_type) and as an imagefolder of three classes (also with train / test splits).
+`write_checkpoint(name, root)` saves one model of `CHECKPOINTS` with its processor / tokenizer (word-level
+tokenizers over the dataset's words).
 `write_class_folder` writes an imagefolder of many small classes (the stratified `--max-samples` test)."""
 
 from __future__ import annotations
@@ -73,27 +74,30 @@ def word_tokenizer(size: int, fixed: dict[int, str], template: tuple[str, str] |
                    image_token: bool = False, **special_tokens):
     """A whitespace word-level fast tokenizer of `size` entries: the tokens of `fixed` at their ids, the dataset's
     words in the other ids (then fillers `w<id>`); `template` (first, last) wraps every text; `special_tokens`
-    (`pad_token="<pad>"`, ...) as `PreTrainedTokenizerFast` takes them; with `image_token`, `<image>` is its
-    `image_token` (as LLaVA's tokenizers have it; BLIP-2's processors add `<image>` themselves)."""
+    (`pad_token="<pad>"`, ...) as `PreTrainedTokenizerFast` takes them (`unk_token` defaults to the token of the
+    lowest fixed id); with `image_token`, `<image>` is its `image_token` (as LLaVA's tokenizers have it; BLIP-2's
+    processors add `<image>` themselves)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     free = iter([word for word in WORDS if word not in fixed.values()])
     vocab = {fixed[i] if i in fixed else next(free, f"w{i}"): i for i in range(size)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=fixed[min(fixed)]))
+    unknown = special_tokens.setdefault("unk_token", fixed[min(fixed)])
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unknown))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     if template is not None:
         first, last = template
         backend.post_processor = processors.TemplateProcessing(
             single=f"{first} $A {last}", special_tokens=[(first, vocab[first]), (last, vocab[last])])
     extra = {"extra_special_tokens": {"image_token": "<image>"}} if image_token else {}
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token=fixed[min(fixed)], **special_tokens, **extra)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **special_tokens, **extra)
 
 
 def _bert_style(size: int, **fixed: int):
     """[PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3 (+ `fixed`: token -> id), texts as `[CLS] ... [SEP]`."""
     tokens = {0: "[PAD]", 1: "[UNK]", 2: "[CLS]", 3: "[SEP]", **{i: t for t, i in fixed.items()}}
-    return word_tokenizer(size, tokens, ("[CLS]", "[SEP]"), pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]")
+    return word_tokenizer(size, tokens, ("[CLS]", "[SEP]"), unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                          sep_token="[SEP]")
 
 
 def _opt_tokenizer():
