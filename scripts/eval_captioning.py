@@ -10,8 +10,8 @@ dropped) before scoring. Scores are printed x100 (CIDEr 1.333 -> 133.3), as in t
 Speed: `generate()` on one batch with a fixed output length (min_new_tokens = max_new_tokens), so every
 setting produces the same number of tokens. Writes <out>/<name>.json (with every caption), .md and .png.
 
-Models: BLIP (`BlipForConditionalGeneration`), BLIP-2, InstructBLIP, LLaVA (any generative image-to-text
-class whose processor takes images and text); Turbo settings need the family's turbo_hf adapter.
+Models: BLIP (`BlipForConditionalGeneration`), BLIP-2, InstructBLIP, LLaVA-1.5; other families are refused by
+name before anything loads.
 Default prompts: none for BLIP / BLIP-2, a short instruction for InstructBLIP and LLaVA (--prompt).
 
 Data (an image column and one or more reference caption columns, each a string or a list of strings):
@@ -74,12 +74,15 @@ def run(argv=None) -> int:
 
     from turbo_hf.evaluation.driver import (
         CAPTION_PROMPTS,
+        GENERATIVE_FAMILIES,
         Runner,
         UsageError,
+        check_family,
         check_settings,
         decode_generated,
         evaluate_settings,
         generation_inputs,
+        inputs_by_setting,
         load_data,
         load_model,
         load_processor,
@@ -94,12 +97,14 @@ def run(argv=None) -> int:
     from turbo_hf.evaluation.captions import caption_scores
 
     settings = settings_from_args(args)
+    check_family(args.model, GENERATIVE_FAMILIES)  # before any data or weights load
     caption_columns = split_columns(args.caption_column)
     if args.min_new_tokens > args.max_new_tokens:
         raise UsageError("--min-new-tokens cannot exceed --max-new-tokens.")
     runner = Runner(cpu=args.cpu)
     with runner.main_process_first():  # downloads and dataset caches are made once
-        data = load_data(args.dataset, args.split, args.dataset_config, args.where, args.max_samples, args.image_column)
+        data = load_data(args.dataset, args.split, args.dataset_config, args.where, args.max_samples, args.image_column,
+                         seed=args.sample_seed)
     require_columns(data, image_column=args.image_column, caption_column=caption_columns)
     model = load_model(args.model, ["AutoModelForImageTextToText"], args.dtype, args.attn).to(runner.device)
     check_settings(model, settings)  # an unsupported model or an impossible r fails before any work
@@ -123,7 +128,8 @@ def run(argv=None) -> int:
 
     def inputs_for(indices):
         prompts = [prompt] * len(indices) if prompt else None
-        return generation_inputs(processor, data[indices][args.image_column], prompts, runner.device, dtype), prompts
+        images = data[indices][args.image_column]
+        return generation_inputs(processor, images, prompts, runner.device, dtype, model), prompts
 
     @torch.inference_mode()
     def work(indices):
@@ -151,14 +157,15 @@ def run(argv=None) -> int:
         return metrics
 
     timing_size = args.timing_batch_size or args.batch_size
-    timing_inputs, _ = inputs_for([i % len(data) for i in range(timing_size)])
+    timing_indices = [i % len(data) for i in range(timing_size)]
+    timing_inputs = inputs_by_setting(model, settings, lambda: inputs_for(timing_indices)[0])
     fixed = {**generate_kwargs, "min_new_tokens": args.max_new_tokens}
 
     def timing_call():
-        return model.generate(**timing_inputs, **fixed)
+        return model.generate(**timing_inputs(), **fixed)
 
     rows = evaluate_settings(
-        runner, model, settings, evaluate, timing_call, timing_size, timing_inputs["pixel_values"],
+        runner, model, settings, evaluate, timing_call, timing_size, timing_inputs()["pixel_values"],
         args.warmup, args.repeats, flops=not args.no_flops,
     )
     metrics = [("BLEU-4", "BLEU-4"), ("CIDEr", "CIDEr"), ("METEOR", "METEOR"), ("ROUGE-L", "ROUGE-L"),

@@ -9,7 +9,7 @@ For every setting (the stock model, then each mode at each r) this measures
 - speed: median latency of one batch, throughput, peak memory and FLOPs, against the stock model.
 Writes <out>/<name>.json, .md and .png (accuracy against measured speed-up, one line per mode).
 
-Models: ViT, DINOv2, CLIP, SigLIP (any class turbo_hf supports; with --modes none any image model).
+Models: ViT, DINOv2, CLIP, SigLIP (others are refused by name; with --modes none any image model).
 
 Data (columns `image` and `label`; rename with --image-column / --label-column):
 - a folder in imagefolder layout (one sub-folder per class; train/ and test/ sub-folders become splits);
@@ -78,9 +78,11 @@ def run(argv=None) -> int:
     import torch
 
     from turbo_hf.evaluation.driver import (
+        CLASSIFICATION_FAMILIES,
         Runner,
         UsageError,
         as_tensor,
+        check_family,
         check_settings,
         evaluate_settings,
         image_preprocessor,
@@ -98,11 +100,14 @@ def run(argv=None) -> int:
     from turbo_hf.modeling.registry import find_adapter
 
     settings = settings_from_args(args)
+    if any(setting.config is not None for setting in settings):  # --modes none evaluates any image model
+        check_family(args.model, CLASSIFICATION_FAMILIES)  # before any data or weights load
     if not 0 < args.probe_train_fraction < 1:
         raise UsageError(f"--probe-train-fraction must be in (0, 1), got {args.probe_train_fraction}.")
     runner = Runner(cpu=args.cpu)
     with runner.main_process_first():  # downloads and dataset caches are made once
-        data = load_data(args.dataset, args.split, args.dataset_config, args.where, args.max_samples, args.image_column)
+        data = load_data(args.dataset, args.split, args.dataset_config, args.where, args.max_samples, args.image_column,
+                         args.label_column, args.sample_seed)
     require_columns(data, image_column=args.image_column, label_column=args.label_column)
     model = load_model(args.model, ["AutoModelForImageClassification", "AutoModel"], args.dtype, args.attn)
     check_settings(model, settings)  # an unsupported model or an impossible r fails before any work
@@ -132,7 +137,7 @@ def run(argv=None) -> int:
         if args.probe_train_split:
             with runner.main_process_first():
                 probe_train = load_data(args.dataset, args.probe_train_split, args.dataset_config, args.where,
-                                        args.max_samples, args.image_column)
+                                        args.max_samples, args.image_column, args.label_column, args.sample_seed)
             require_columns(probe_train, image_column=args.image_column, label_column=args.label_column)
         else:
             train_idx, test_idx = stratified_split(labels_all, args.probe_train_fraction, args.seed)

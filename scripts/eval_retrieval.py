@@ -103,8 +103,10 @@ def run(argv=None) -> int:
     from transformers import AutoTokenizer
 
     from turbo_hf.evaluation.driver import (
+        RETRIEVAL_FAMILIES,
         Runner,
         UsageError,
+        check_family,
         check_settings,
         as_tensor,
         evaluate_settings,
@@ -121,10 +123,12 @@ def run(argv=None) -> int:
     from turbo_hf.evaluation.metrics import retrieval_recall
 
     settings = settings_from_args(args)
+    check_family(args.model, RETRIEVAL_FAMILIES)  # before any data or weights load
     caption_columns = split_columns(args.caption_column)
     runner = Runner(cpu=args.cpu)
     with runner.main_process_first():  # downloads and dataset caches are made once
-        data = load_data(args.dataset, args.split, args.dataset_config, args.where, args.max_samples, args.image_column)
+        data = load_data(args.dataset, args.split, args.dataset_config, args.where, args.max_samples, args.image_column,
+                         seed=args.sample_seed)
     require_columns(data, image_column=args.image_column, caption_column=caption_columns)
     model = load_model(args.model, ["AutoModel"], args.dtype, args.attn).to(runner.device)
     check_settings(model, settings)  # an unsupported model or an impossible r fails before any work

@@ -6,9 +6,10 @@ min(#humans who gave the answer / 3, 1) averaged over the 10 leave-one-out subse
 overall and per answer type when the data has one. Speed: `generate()` on one batch with a fixed output
 length. Writes <out>/<name>.json (with every answer), .md and .png.
 
-Models: BLIP (`BlipForQuestionAnswering`), BLIP-2, InstructBLIP, LLaVA; the prompt template (--prompt, with
-`{question}`) defaults per family (BLIP: the question alone; BLIP-2 / InstructBLIP: "Question: {question}
-Short answer:"; LLaVA: its chat format with "Answer the question using a single word or phrase.").
+Models: BLIP (`BlipForQuestionAnswering`), BLIP-2, InstructBLIP, LLaVA-1.5 (others are refused by name); the
+prompt template (--prompt, with `{question}`) defaults per family (BLIP: the question alone; BLIP-2 /
+InstructBLIP: "Question: {question} Short answer:"; LLaVA: its chat format with "Answer the question using a
+single word or phrase.").
 
 Data: columns `image`, `question` and `answers` (a list of strings, or of {"answer": ...} dicts as in
 VQA v2), optionally `answer_type`:
@@ -54,13 +55,16 @@ def run(argv=None) -> int:
     import torch
 
     from turbo_hf.evaluation.driver import (
+        GENERATIVE_FAMILIES,
         VQA_PROMPTS,
         Runner,
         UsageError,
+        check_family,
         check_settings,
         decode_generated,
         evaluate_settings,
         generation_inputs,
+        inputs_by_setting,
         load_data,
         load_model,
         load_processor,
@@ -74,9 +78,11 @@ def run(argv=None) -> int:
     from turbo_hf.evaluation.vqa import vqa_score
 
     settings = settings_from_args(args)
+    check_family(args.model, GENERATIVE_FAMILIES)  # before any data or weights load
     runner = Runner(cpu=args.cpu)
     with runner.main_process_first():  # downloads and dataset caches are made once
-        data = load_data(args.dataset, args.split, args.dataset_config, args.where, args.max_samples, args.image_column)
+        data = load_data(args.dataset, args.split, args.dataset_config, args.where, args.max_samples, args.image_column,
+                         seed=args.sample_seed)
     require_columns(data, image_column=args.image_column, question_column=args.question_column,
                     answers_column=args.answers_column)
     model = load_model(args.model, ["AutoModelForVisualQuestionAnswering", "AutoModelForImageTextToText"],
@@ -101,7 +107,8 @@ def run(argv=None) -> int:
 
     def inputs_for(indices):
         prompts = [template.format(question=questions[i]) for i in indices]
-        return generation_inputs(processor, data[indices][args.image_column], prompts, runner.device, dtype), prompts
+        images = data[indices][args.image_column]
+        return generation_inputs(processor, images, prompts, runner.device, dtype, model), prompts
 
     @torch.inference_mode()
     def work(indices):
@@ -125,14 +132,15 @@ def run(argv=None) -> int:
         return metrics
 
     timing_size = args.timing_batch_size or args.batch_size
-    timing_inputs, _ = inputs_for([i % len(data) for i in range(timing_size)])
+    timing_indices = [i % len(data) for i in range(timing_size)]
+    timing_inputs = inputs_by_setting(model, settings, lambda: inputs_for(timing_indices)[0])
     fixed = {**generate_kwargs, "min_new_tokens": args.max_new_tokens}
 
     def timing_call():
-        return model.generate(**timing_inputs, **fixed)
+        return model.generate(**timing_inputs(), **fixed)
 
     rows = evaluate_settings(
-        runner, model, settings, evaluate, timing_call, timing_size, timing_inputs["pixel_values"],
+        runner, model, settings, evaluate, timing_call, timing_size, timing_inputs()["pixel_values"],
         args.warmup, args.repeats, flops=not args.no_flops,
     )
     metrics = [("vqa_acc", "VQA accuracy")]

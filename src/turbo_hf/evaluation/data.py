@@ -17,6 +17,8 @@ def load_data(
     where: Sequence[str] = (),
     max_samples: int | None = None,
     image_column: str = "image",
+    label_column: str | None = None,
+    seed: int = 0,
 ):
     """A `datasets.Dataset` from a Hub name, a local folder or a JSON-lines file.
 
@@ -29,7 +31,9 @@ def load_data(
       `dir/x` next to a `dir/` folder) but does not exist fails at once instead of trying the Hub.
 
     `split` defaults to the first of test / validation / val / train present. `where` keeps rows whose
-    column equals a value (`"split=test"`); `max_samples` keeps the first rows.
+    column equals a value (`"split=test"`). `max_samples` keeps that many rows: spread over the classes when the
+    data has classes (`label_column`, or else a `ClassLabel` column such as an imagefolder's `label`; see
+    `stratified_indices`, seeded by `seed`), else the first rows; in dataset order either way.
     """
     path = Path(dataset).expanduser()
     if (path.suffix in (".jsonl", ".json") and not path.is_file()) or missing_local_path(dataset):
@@ -59,11 +63,51 @@ def load_data(
         column, value = condition.split("=", 1)
         require_columns(data, where=column)
         data = data.filter(lambda v: str(v) == value, input_columns=[column])
-    if max_samples is not None:
-        data = data.select(range(min(max_samples, len(data))))
+    if max_samples is not None and max_samples < len(data):
+        column = label_column if label_column in data.column_names else _class_column(data)
+        rows = stratified_indices(data[column], max_samples, seed) if column else range(max_samples)
+        data = data.select(rows)
     if len(data) == 0:
         raise UsageError(f"Dataset {dataset!r} (split {split!r}) has no rows to evaluate.")
     return data
+
+
+def _class_column(data) -> str | None:
+    import datasets
+
+    return next((name for name, feature in data.features.items() if isinstance(feature, datasets.ClassLabel)), None)
+
+
+def stratified_indices(labels: Sequence, count: int, seed: int = 0) -> list[int]:
+    """`count` row indices spread over the classes of `labels`: classes take turns (in a seeded order) giving a
+    seeded-random row until `count` are taken, so each class gets `count // classes` rows or one more (all of
+    its rows when it has fewer). Sorted (dataset order).
+
+    Example:
+
+    ```python
+    >>> from turbo_hf.evaluation.data import stratified_indices
+    >>> labels = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+    >>> sorted({labels[i] for i in stratified_indices(labels, 3)})
+    [0, 1, 2]
+    ```
+    """
+    import numpy as np
+
+    if count < 1:
+        raise UsageError(f"--max-samples must be >= 1, got {count}.")
+    rng = np.random.default_rng(seed)
+    groups: dict = {}
+    for index, label in enumerate(labels):
+        groups.setdefault(str(label), []).append(index)
+    queues = [list(rng.permutation(groups[key])) for key in sorted(groups)]
+    queues = [queues[i] for i in rng.permutation(len(queues))]
+    chosen: list[int] = []
+    while len(chosen) < min(count, len(labels)):
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(int(queue.pop()))
+    return sorted(chosen)
 
 
 def _pick_split(dataset: str, split: str | None, names: Sequence[str]) -> str:

@@ -30,10 +30,15 @@ from ..modeling.patching import is_turbo_applied, remove_turbo
 from .data import load_data, require_columns, row_texts, split_columns, text_values, to_rgb
 from .loading import (
     CAPTION_PROMPTS,
+    CLASSIFICATION_FAMILIES,
+    GENERATIVE_FAMILIES,
+    RETRIEVAL_FAMILIES,
     VQA_PROMPTS,
+    check_family,
     decode_generated,
     generation_inputs,
     image_preprocessor,
+    inputs_by_setting,
     interpolation_kwargs,
     load_model,
     load_processor,
@@ -161,7 +166,10 @@ def add_common_arguments(parser, batch_size: int = 16) -> None:
     parser.add_argument("--split", default=None, help="split (default: test, validation, val or train)")
     parser.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
                         help="keep rows whose column equals the value (repeatable), e.g. split=test")
-    parser.add_argument("--max-samples", type=int, default=None, help="evaluate the first N rows only")
+    parser.add_argument("--max-samples", type=int, default=None, metavar="N",
+                        help="evaluate N rows: spread over the classes when the data has classes (a label column, "
+                             "e.g. an imagefolder's), chosen with --sample-seed; else the first N rows")
+    parser.add_argument("--sample-seed", type=int, default=0, help="seed of the rows --max-samples picks (default: 0)")
     parser.add_argument("--image-column", default="image")
     parser.add_argument("--modes", type=_mode_type, default=["stock", "tome", "turbo"],
                         help="comma-separated modes: none (=stock), random, tome, semantic, turbo")
@@ -241,9 +249,12 @@ def cli_main(run: Callable[[list[str] | None], int | None], argv: list[str] | No
 
 __all__ = [
     "CAPTION_PROMPTS",
+    "CLASSIFICATION_FAMILIES",
+    "GENERATIVE_FAMILIES",
     "MODE_LABELS",
     "MODE_ORDER",
     "MODE_STYLES",
+    "RETRIEVAL_FAMILIES",
     "Runner",
     "Setting",
     "UsageError",
@@ -251,6 +262,7 @@ __all__ = [
     "add_common_arguments",
     "as_tensor",
     "build_settings",
+    "check_family",
     "check_settings",
     "cli_main",
     "count_flops",
@@ -258,6 +270,7 @@ __all__ = [
     "evaluate_settings",
     "generation_inputs",
     "image_preprocessor",
+    "inputs_by_setting",
     "interpolation_kwargs",
     "load_data",
     "load_model",

@@ -2,18 +2,59 @@
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..modeling.patching import is_turbo_applied, remove_turbo
+from ..modeling.patching import get_turbo_config, is_turbo_applied, remove_turbo
 from .data import to_rgb
 from .images import normalize, resize_center_crop
-from .settings import UsageError
+from .settings import Setting, UsageError, use_setting
 from .local_paths import check_local_path
+
+# The families (stock `model_type` -> name) each evaluation script runs; `check_family` refuses the others.
+GENERATIVE_FAMILIES = {"blip": "BLIP", "blip-2": "BLIP-2", "instructblip": "InstructBLIP", "llava": "LLaVA-1.5"}
+RETRIEVAL_FAMILIES = {"clip": "CLIP", "siglip": "SigLIP", "blip": "BLIP", "blip-2": "BLIP-2"}
+CLASSIFICATION_FAMILIES = {"vit": "ViT", "dinov2": "DINOv2", "clip": "CLIP", "clip_vision_model": "CLIP vision",
+                           "siglip": "SigLIP", "siglip_vision_model": "SigLIP vision"}
+
+
+def _load_config(path: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path)
+    except Exception as error:
+        raise UsageError(f"Could not load a model config from {path!r}: {error}") from error
+
+
+def _stock_type(config) -> str:
+    """The stock `model_type` of a (possibly Turbo) config: that of its first stock base class
+    (`TurboBlip2Config`, "turbo_blip_2" -> "blip-2")."""
+    for cls in type(config).__mro__:
+        model_type = getattr(cls, "model_type", "") or ""
+        if model_type and not model_type.startswith("turbo"):
+            return model_type
+    return getattr(config, "model_type", "") or ""
+
+
+def check_family(path: str, accepted: Mapping[str, str]) -> str:
+    """The family (stock `model_type`) of the checkpoint at `path`, read from its config alone, so a script
+    refuses a family it does not evaluate before any weights load.
+
+    Raises:
+        UsageError: naming the checkpoint's model type and the `accepted` ones (model type -> name).
+    """
+    path = check_local_path(path, "--model", UsageError)
+    family = _stock_type(_load_config(path))
+    if family not in accepted:
+        names = ", ".join(f"{name} ({model_type})" for model_type, name in accepted.items())
+        raise UsageError(f"--model {path!r} is a {family or 'unknown'!r} model; this script evaluates {names}.")
+    return family
 
 
 def load_model(path: str, auto_classes: Sequence[str], dtype: str | None = None, attn: str | None = None):
@@ -24,7 +65,6 @@ def load_model(path: str, auto_classes: Sequence[str], dtype: str | None = None,
     (`turbo_hf.evaluation.local_paths`) raises a `UsageError` at once, without trying the Hub.
     """
     import transformers
-    from transformers import AutoConfig
 
     path = check_local_path(path, "--model", UsageError)
     kwargs = {}
@@ -32,10 +72,7 @@ def load_model(path: str, auto_classes: Sequence[str], dtype: str | None = None,
         kwargs["dtype"] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
     if attn:
         kwargs["attn_implementation"] = attn
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except Exception as error:
-        raise UsageError(f"Could not load a model config from {path!r}: {error}") from error
+    config = _load_config(path)
     package = sys.modules.get(__name__.rpartition(".")[0])  # turbo_hf: its Turbo classes
     candidates = []
     for name in getattr(config, "architectures", None) or []:
@@ -125,39 +162,73 @@ CAPTION_PROMPTS = {
     "blip-2": None,
     "instructblip": "A short image description:",
     "llava": "USER: <image>\nWrite a short caption for this image. ASSISTANT:",
-    "llava_next": "[INST] <image>\nWrite a short caption for this image. [/INST]",
 }
 VQA_PROMPTS = {
     "blip": "{question}",
     "blip-2": "Question: {question} Short answer:",
     "instructblip": "Question: {question} Short answer:",
     "llava": "USER: <image>\n{question}\nAnswer the question using a single word or phrase. ASSISTANT:",
-    "llava_next": "[INST] <image>\n{question}\nAnswer the question using a single word or phrase. [/INST]",
 }
 
 
 def model_type_of(model: nn.Module) -> str:
     """The stock `model_type` of a (possibly Turbo) model: `turbo_blip` -> `blip`."""
-    model_type = getattr(model.config, "model_type", "")
-    return model_type[len("turbo_"):] if model_type.startswith("turbo_") else model_type
+    return _stock_type(model.config)
 
 
 def load_processor(path: str, model: nn.Module):
-    """The checkpoint's multimodal processor; left padding for decoder-only language models."""
+    """The checkpoint's multimodal processor; left padding for decoder-only language models. A LLaVA model gets
+    a `TurboLlavaProcessor` made of the checkpoint's parts, which `generation_inputs` syncs with the model's
+    current setting (one `<image>` placeholder per merged token)."""
     from transformers import AutoProcessor
+
+    from ..modeling.processing_turbo_llava import TurboLlavaProcessor
 
     try:
         processor = AutoProcessor.from_pretrained(path)
     except Exception as error:
         raise UsageError(f"No processor (image processor + tokenizer) found with {path!r}: {error}") from error
+    if model_type_of(model) == "llava" and not isinstance(processor, TurboLlavaProcessor):
+        processor = TurboLlavaProcessor(
+            image_processor=processor.image_processor, tokenizer=processor.tokenizer, patch_size=processor.patch_size,
+            vision_feature_select_strategy=processor.vision_feature_select_strategy,
+            chat_template=processor.chat_template, image_token=processor.image_token,
+            num_additional_image_tokens=processor.num_additional_image_tokens,
+        )
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is not None and model_type_of(model) != "blip":
         tokenizer.padding_side = "left"
     return processor
 
 
-def generation_inputs(processor, images: list, prompts: list[str] | None, device, dtype) -> dict:
-    """Processor outputs for a batch of images (and prompts), on the device, pixel values in `dtype`."""
+def _setting_key(model: nn.Module) -> str | None:
+    config = get_turbo_config(model)
+    return None if config is None else json.dumps(config.settings(), sort_keys=True, default=str)
+
+
+def inputs_by_setting(model: nn.Module, settings: Sequence[Setting], build: Callable[[], dict]) -> Callable[[], dict]:
+    """Build the inputs under every setting now; returns a callable giving those of the setting the model is in
+    (for timing: LLaVA's text holds one `<image>` per merged token, so its inputs differ between settings).
+
+    The model is left stock."""
+    built = {}
+    try:
+        for setting in settings:
+            use_setting(model, setting)
+            built[_setting_key(model)] = build()
+    finally:
+        if is_turbo_applied(model):
+            remove_turbo(model)
+    return lambda: built[_setting_key(model)]
+
+
+def generation_inputs(
+    processor, images: list, prompts: list[str] | None, device, dtype, model: nn.Module | None = None
+) -> dict:
+    """Processor outputs for a batch of images (and prompts), on the device, pixel values in `dtype`; a processor
+    with `sync_with` (`TurboLlavaProcessor`) is first synced with `model`'s current setting."""
+    if model is not None and hasattr(processor, "sync_with"):
+        processor.sync_with(model)
     kwargs = {"images": [to_rgb(image) for image in images], "return_tensors": "pt"}
     if prompts is not None:
         kwargs.update(text=list(prompts), padding=True)

@@ -153,7 +153,8 @@ def vision_patch_grid(model: nn.Module, pixel_values: torch.Tensor) -> tuple[int
     patch = getattr(model, "_turbo_patch", None)
     if patch is None:
         raise ValueError("The model is not patched: call `apply_turbo` first.")
-    size = patch.vision_models[0].config.patch_size
+    config = patch.vision_models[0].config
+    size = getattr(config, "vision_config", config).patch_size  # LLaVA's patched module is the whole model
     size = size if isinstance(size, (list, tuple)) else (size, size)
     return pixel_values.shape[-2] // size[0], pixel_values.shape[-1] // size[1], patch.adapter.protect_first
 
