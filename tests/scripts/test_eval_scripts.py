@@ -28,7 +28,8 @@ from turbo_hf.testing.eval_assets import CHECKPOINTS, write_checkpoint, write_da
 sys.path.insert(0, str(Path(__file__).parent))
 from launch_runs import SCRIPTS, load_script  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# one xdist worker runs the whole module, so the two-process launch (a module fixture) starts once
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.xdist_group("eval_scripts_launch")]
 
 REPO = SCRIPTS.parent
 TASKS = {"eval_classification": "classification", "eval_retrieval": "retrieval", "eval_captioning": "captioning",
