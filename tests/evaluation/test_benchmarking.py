@@ -1,18 +1,16 @@
-"""`run_bench` and `visualize_merges` (the functions behind `turbo-hf bench` and `turbo-hf visualize`)."""
+"""`run_bench`, the function behind `turbo-hf bench`."""
 
 from __future__ import annotations
 
 import json
 import statistics
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from transformers import CLIPConfig, CLIPModel, ViTConfig, ViTImageProcessor, ViTModel
 
-from turbo_hf import TurboConfig, apply_turbo, get_turbo_config, is_turbo_applied
-from turbo_hf.evaluation.benchmarking import bench_target, run_bench, visualize_merges
+from turbo_hf import TurboConfig, apply_turbo, get_turbo_config
+from turbo_hf.evaluation.benchmarking import bench_target, run_bench
 from turbo_hf.evaluation.driver import UsageError
 
 TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
@@ -90,25 +88,6 @@ def test_bench_target_and_bad_arguments():
         run_bench(tiny_vit(), batch_sizes=[0], progress=False)
     with pytest.raises(UsageError, match="r_values"):
         run_bench(tiny_vit(), r_values=[-1], progress=False)
-
-
-def test_visualize_merges_draws_one_colour_per_merged_token(vit_folder, tmp_path):
-    image = tmp_path / "photo.png"
-    import skimage.data
-
-    Image.fromarray(skimage.data.astronaut()).resize((64, 64)).save(image)
-    info = visualize_merges(str(vit_folder), str(image), 6, tmp_path / "out" / "merges.png", mode="tome")
-    assert info["tokens_in"] == 65 and info["tokens_out"] == 65 - 2 * 6 and info["grid"] == [8, 8]
-    assert 1 <= info["merged_groups"] <= 12
-    picture = Image.open(info["path"])
-    assert picture.width > 2 * 256 and picture.height >= 256  # original + merges, drawn at least 256 px
-    halves = np.asarray(picture.convert("RGB"))
-    assert not np.array_equal(halves[8:264, 8:264], halves[8:264, 272:528])  # the merged half is coloured
-    with pytest.raises(UsageError, match="mode"):
-        visualize_merges(str(vit_folder), str(image), 6, tmp_path / "x.png", mode="none")
-    with pytest.raises(UsageError, match="does not exist"):
-        visualize_merges(str(vit_folder), str(tmp_path / "missing.png"), 6, tmp_path / "x.png")
-    assert not is_turbo_applied(ViTModel.from_pretrained(vit_folder))
 
 
 def test_a_device_this_torch_lacks_is_refused_before_loading(monkeypatch, tmp_path):
