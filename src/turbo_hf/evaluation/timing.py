@@ -127,6 +127,24 @@ def timing_summary(samples: list[float]) -> dict[str, float]:
             "spread": (max(samples) - min(samples)) / median, "iqr_spread": (q3 - q1) / median}
 
 
+def round_speedups(samples: Mapping[str, list[float]], reference: str = "stock") -> dict[str, dict[str, float]]:
+    """`timing_summary` of each callable's speed-up over `reference` round by round (the two ran in the same
+    round, so drift of the machine cancels): its quartiles are the range to quote with the median speed-up.
+
+    Example:
+
+    ```python
+    >>> from turbo_hf.evaluation.timing import round_speedups
+    >>> speedups = round_speedups({"stock": [2.0, 4.0, 2.2], "turbo": [1.0, 2.0, 1.0]})
+    >>> speedups["turbo"]["median"], speedups["turbo"]["max"]
+    (2.0, 2.2)
+    ```
+    """
+    base = samples[reference]
+    return {name: timing_summary([ref / value for ref, value in zip(base, values)])
+            for name, values in samples.items() if name != reference}
+
+
 def available_cpus() -> int:
     """CPUs this process may run on (its affinity mask where the platform has one, else `os.cpu_count()`)."""
     try:
@@ -241,12 +259,12 @@ def timing_warnings(
     threads, cpus, load, share = (machine.get(key) for key in ("threads", "cpus", "load_average", "cpu_share"))
     if share is not None and share < CPU_SHARE_LIMIT:
         found.append(f"the timed calls got {share:.0%} of the CPU time their {threads} thread(s) asked for: other work "
-                     "competes for the cores, so the speed-ups are unreliable; rerun on a quiet machine or with fewer "
-                     "--threads.")
+                     "competes for the cores, so the speed-ups are unreliable; rerun on a quiet machine"
+                     + (" or with fewer --threads." if threads > 1 else "."))
     elif load is not None and cpus and load + threads > cpus + 0.5:
         found.append(f"load average {load:.1f} on {cpus} CPUs before timing with {threads} thread(s): other work "
-                     "competes for the cores, so the speed-ups may be unreliable; rerun on a quiet machine or with "
-                     "fewer --threads.")
+                     "competes for the cores, so the speed-ups may be unreliable; rerun on a quiet machine"
+                     + (" or with fewer --threads." if threads > 1 else "."))
     for name, (speedup, limit) in (speedups or {}).items():
         if limit and speedup > limit * EFFICIENCY_LIMIT:
             found.append(f"{name}: measured speed-up {speedup:.2f}x exceeds its FLOP limit {limit:.2f}x (efficiency "
@@ -264,6 +282,7 @@ __all__ = [
     "interleaved_medians",
     "interleaved_times",
     "load_average",
+    "round_speedups",
     "synchronize",
     "timed_rounds",
     "timing_summary",
