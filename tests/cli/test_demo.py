@@ -32,12 +32,12 @@ def test_demo_reports_medians_with_their_spread_and_threads(tiny_dinov2, tmp_pat
         assert timing["iqr_spread"] == pytest.approx((timing["q3"] - timing["q1"]) / timing["median"])
     stock, turbo = report["stock_timing"], report["turbo_timing"]
     assert report["speedup"] == pytest.approx(stock["median"] / turbo["median"])
-    rounds = [a / b for a, b in zip(report["samples"]["stock"], report["samples"]["turbo"])]
+    rounds = [a / b for a, b in zip(report["samples"]["stock"], report["samples"]["Turbo"])]
     assert report["round_speedups"]["min"] == min(rounds) and report["round_speedups"]["max"] == max(rounds)
     assert report["machine"]["threads"] == 1 and 0 < report["machine"]["cpu_share"]
     assert (report["tokens_in"], report["tokens_out"]) == (65, 65 - 4 * 4)
     assert report["warnings"] == timing_warnings(
-        {"stock": stock, "turbo": turbo}, report["machine"], {"Turbo": (report["speedup"], report["flops_speed_limit"])})
+        {"stock": stock, "Turbo": turbo}, report["machine"], {"Turbo": (report["speedup"], report["flops_speed_limit"])})
     text = format_report(report)
     assert "1 thread(s) on" in text and "round by round" in text and "interquartile" in text and "min-max" in text
     assert f"{tiny_dinov2.name} (Dinov2Model)" in text and "65 in -> 49 out" in text

@@ -138,3 +138,35 @@ def test_warnings_for_noise_load_and_efficiency_above_the_limit():
         "the timed calls got 60% of the CPU time their 2 thread(s)")
     above = timing_warnings(steady, quiet, {"turbo r=16": (2.0, 1.66)})
     assert len(above) == 1 and "exceeds its FLOP limit 1.66x (efficiency 120%)" in above[0]
+
+
+def test_benchmark_speed_script_prints_threads_quartiles_and_warnings(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    from turbo_hf.evaluation.timing import DEFAULT_THREADS
+
+    folder = tmp_path / "dinov2"
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                             image_size=28, patch_size=14)).save_pretrained(folder)
+    path = Path(__file__).resolve().parents[2] / "scripts" / "benchmark_speed.py"
+    spec = importlib.util.spec_from_file_location("benchmark_speed", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    before = torch.get_num_threads()
+    script.main(["--model", str(folder), "--image-size", "56", "--batch-size", "2", "--r", "2", "--modes", "tome",
+                 "--repeats", "3", "--out", str(tmp_path / "out")])
+    assert torch.get_num_threads() == before  # the timing's thread count does not leak out
+    printed = capsys.readouterr().out
+    assert f"torch threads: {DEFAULT_THREADS}" in printed and "interquartile ms" in printed
+    saved = json.loads((tmp_path / "out" / "speed_dinov2.json").read_text())
+    assert saved["metadata"]["timing_machine"]["threads"] == DEFAULT_THREADS
+    assert isinstance(saved["metadata"]["warnings"], list)
+    assert [row["name"] for row in saved["rows"]] == ["stock", "tome r=2"]
+    row = saved["rows"][1]
+    assert row["min_latency_ms"] <= row["q1_latency_ms"] <= row["median_latency_ms"] <= row["q3_latency_ms"]

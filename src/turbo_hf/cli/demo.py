@@ -136,10 +136,10 @@ def run_demo(
         stages(f"timing stock and {label} on a batch of {batch_size}: 1 warm-up + {repeats} interleaved rounds")
         with bar:
             timed = timed_rounds(
-                {"stock": lambda: model(pixel_values=batch), "turbo": lambda: turbo_model(pixel_values=batch)},
+                {"stock": lambda: model(pixel_values=batch), label: lambda: turbo_model(pixel_values=batch)},
                 repeats=repeats, threads=threads, on_call=lambda name, seconds: bar.update(),
             )
-    stock_timing, turbo_timing = timed["summary"]["stock"], timed["summary"]["turbo"]
+    stock_timing, turbo_timing = timed["summary"]["stock"], timed["summary"][label]
 
     report = {
         "model": name,
@@ -156,7 +156,7 @@ def run_demo(
         "turbo_timing": turbo_timing,
         "speedup": stock_timing["median"] / turbo_timing["median"],
         "samples": timed["samples"],
-        "round_speedups": round_speedups(timed["samples"])["turbo"],
+        "round_speedups": round_speedups(timed["samples"])[label],
         "cls_cosine": fidelity(stock.pooler_output, merged.pooler_output),
         "feature_cosine": fidelity(pooled_features(stock), pooled_features(merged)),
         "photos": [name for name, _ in photos],

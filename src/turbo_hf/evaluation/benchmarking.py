@@ -217,7 +217,7 @@ def run_bench(
                            "speed": speed[setting.name]} for setting in settings]
             rows += batch_rows
             summary = {row["name"]: {"iqr_spread": row["speed"]["iqr_spread"]} for row in batch_rows}
-            limits = {f"batch {batch_size} {row['name']}": (row["speed"]["speedup"], row["plan"]["flops_speed_limit"])
+            limits = {row["name"]: (row["speed"]["speedup"], row["plan"]["flops_speed_limit"])
                       for row in batch_rows if row["mode"] != "stock"}
             found = timing_warnings(summary, speed["stock"]["machine"], limits)
             warnings += [f"batch {batch_size}: {warning}" for warning in found]
