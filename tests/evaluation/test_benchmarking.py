@@ -100,3 +100,31 @@ def test_a_device_this_torch_lacks_is_refused_before_loading(monkeypatch, tmp_pa
         run_bench(str(tmp_path / "never-loaded"), device="cuda", progress=False)
     with pytest.raises(ValueError, match="'npu7' is not a torch device name"):
         resolve_device("npu7")
+
+
+def test_bench_sizes_images_as_the_processor_does_not_as_config_image_size(tmp_path):
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    from turbo_hf.evaluation.benchmarking import DEFAULT_IMAGE_SIZE, processor_image_size
+
+    model = Dinov2Model(Dinov2Config(**TOWER, image_size=518, patch_size=14))  # DINOv2's config says 518
+    assert processor_image_size(tmp_path, model) == DEFAULT_IMAGE_SIZE == 224  # no processor saved
+    BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 196, "width": 196}).save_pretrained(tmp_path)
+    assert processor_image_size(tmp_path, model) == 196  # the centre crop
+    BitImageProcessor(size={"shortest_edge": 168}, do_center_crop=False).save_pretrained(tmp_path)
+    assert processor_image_size(tmp_path, model) == 168
+    assert processor_image_size(None, tiny_vit()) == 32  # a config below the cap is kept
+
+
+def test_bench_times_with_the_given_threads_and_reports_them_with_its_warnings(vit_folder, tmp_path):
+    result = run_bench(str(vit_folder), r_values=[0, 4], batch_sizes=[1], modes="tome", repeats=2, flops=False,
+                       threads=1, out_dir=tmp_path, progress=False)
+    assert result["image_size"] == 32  # the saved processor's size
+    assert {row["speed"]["machine"]["threads"] for row in result["rows"]} == {1}
+    markdown = (tmp_path / "bench.md").read_text()
+    assert "with 1 torch thread(s) on" in markdown and "median (interquartile range)" in markdown
+    assert all(f"**Warning**: {warning}" in markdown for warning in result["warnings"])
+    noted = {**result, "warnings": ["batch 1: the timed calls got 20% of the CPU time ..."]}
+    from turbo_hf.evaluation.benchmarking import bench_markdown
+
+    assert "**Warning**: batch 1: the timed calls got 20%" in bench_markdown(noted)
