@@ -177,7 +177,7 @@ def run_demo(
     picture = out / "merged_patches.png"
     budget = f"r={config.r}" if config.r is not None else f"flops_ratio={config.flops_ratio}"
     title = (f"{label} {budget}: {report['tokens_in']} -> {report['tokens_out']} tokens "
-             "(left: photo, right: one colour per merged token)")
+             "(each photo, then one colour per merged token)")
     side_by_side(pairs, title=title).save(picture)
     report["picture"] = str(picture)
     report["warnings"] = timing_warnings(
