@@ -246,7 +246,7 @@ def timing_warnings(
     >>> machine = {"threads": 1, "cpus": 2, "load_average": 0.1, "cpu_share": 0.99}
     >>> timing_warnings({"stock": {"iqr_spread": 0.01}}, machine, {"r=16": (1.6, 1.66)})
     []
-    >>> timing_warnings({"stock": {"iqr_spread": 0.3}}, machine, {"r=16": (2.0, 1.66)})[1][:38]
+    >>> timing_warnings({"stock": {"iqr_spread": 0.3}}, machine, {"r=16": (2.0, 1.66)})[1][:37]
     'r=16: measured speed-up 2.00x exceeds'
     ```
     """
