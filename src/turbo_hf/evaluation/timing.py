@@ -234,6 +234,10 @@ def timing_warnings(
 ) -> list[str]:
     """Why a measured ratio may not be trusted: noisy rounds, a busy machine, a speed-up above its FLOP limit.
 
+    A busy machine shows in the CPU share the timed calls got (measured during the timing, on CPU); where there is
+    none (an accelerator), in the 1-minute load average against the free cores (it lags: the work of the last
+    minute, this process's own included, still counts).
+
     Args:
         summary: `timing_summary` of each timed callable (`timed_rounds(...)["summary"]`).
         machine: `timed_rounds(...)["machine"]` (`threads`, `cpus`, `load_average`, `cpu_share`).
@@ -261,7 +265,7 @@ def timing_warnings(
         found.append(f"the timed calls got {share:.0%} of the CPU time their {threads} thread(s) asked for: other work "
                      "competes for the cores, so the speed-ups are unreliable; rerun on a quiet machine"
                      + (" or with fewer --threads." if threads > 1 else "."))
-    elif load is not None and cpus and load + threads > cpus + 0.5:
+    elif share is None and load is not None and cpus and load + threads > cpus + 0.5:
         found.append(f"load average {load:.1f} on {cpus} CPUs before timing with {threads} thread(s): other work "
                      "competes for the cores, so the speed-ups may be unreliable; rerun on a quiet machine"
                      + (" or with fewer --threads." if threads > 1 else "."))
