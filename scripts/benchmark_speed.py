@@ -4,7 +4,9 @@ For every (mode, r) the theoretical speed limit is 1 / `turbo_plan(model, N)["fl
 N = (image_size / patch)^2 + 1 tokens. Timing: `torch.inference_mode`, one fixed random batch, and in each
 repeat round the stock model and every configuration run once each, round-robin (Turbo applied and removed
 between them), so that drift of a shared machine hits all of them alike; the starting point of the round
-rotates from round to round. The median over rounds is reported.
+rotates from round to round. The median over rounds is reported with its interquartile range, the torch thread
+count (one by default: `turbo_hf.evaluation.timing.DEFAULT_THREADS`) and the warnings of
+`turbo_hf.evaluation.timing.timing_warnings` (noisy rounds, a busy machine, a speed-up above its FLOP limit).
 
     PYTHONPATH=src python scripts/benchmark_speed.py --repeats 3
 """
@@ -26,6 +28,7 @@ from turbo_hf.evaluation.backbone import benchmark_metadata, load_backbone, num_
 from turbo_hf.evaluation.measurement import measure_settings  # noqa: E402
 from turbo_hf.evaluation.settings import build_settings  # noqa: E402
 from turbo_hf.evaluation.tables import Stopwatch, markdown_table, publish  # noqa: E402
+from turbo_hf.evaluation.timing import DEFAULT_THREADS, timing_warnings  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,7 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed round-robin rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed round-robin rounds first")
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                        help="torch threads while timing (one: ratios that hold on a busy machine)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random input batch")
     parser.add_argument("--out", default="benchmarks", help="output folder")
     parser.add_argument("--name", default="speed_dinov2", help="output file stem")
@@ -59,8 +63,6 @@ def build_configs(args) -> list:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     watch = Stopwatch()
     model, folder = load_backbone(args.model, args.attn)
     tokens = num_tokens(model, args.image_size)
@@ -70,11 +72,11 @@ def main(argv=None) -> dict:
     generator = torch.Generator().manual_seed(args.seed)
     pixels = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=generator)
     meta = benchmark_metadata(folder, **vars(args), num_tokens=tokens)
-    print(f"torch threads: {torch.get_num_threads()}  |  {tokens} tokens at {args.image_size} px  |  "
+    print(f"torch threads: {args.threads}  |  {tokens} tokens at {args.image_size} px  |  "
           f"{len(configs)} configurations x ({args.warmup} warmup + {args.repeats} timed) rounds")
 
     speed = measure_settings(model, configs, lambda: model(pixel_values=pixels), args.batch_size, next(model.parameters()).device,
-                             args.warmup, args.repeats, flops=False, memory=False)
+                             args.warmup, args.repeats, flops=False, memory=False, threads=args.threads, warn=False)
     rows = []
     for setting in configs:
         timing, config = speed[setting.name], setting.config
@@ -94,6 +96,8 @@ def main(argv=None) -> dict:
                 "median_latency_ms": round(timing["median_ms"], 2),
                 "min_latency_ms": round(timing["min_ms"], 2),
                 "max_latency_ms": round(timing["max_ms"], 2),
+                "q1_latency_ms": round(timing["q1_ms"], 2),
+                "q3_latency_ms": round(timing["q3_ms"], 2),
                 "latencies_ms": [round(t, 2) for t in timing["latencies_ms"]],
                 "alpha": config.alpha if config is not None and config.mode == "turbo" else None,
                 "alpha_scale": config.alpha_scale if config is not None and config.mode == "turbo" else None,
@@ -101,24 +105,31 @@ def main(argv=None) -> dict:
         )
 
     headers = ["mode", "r", "final tokens", "speed limit", "measured speed-up", "efficiency", "img/s",
-               "median ms/batch", "min-max ms"]
+               "median ms/batch", "interquartile ms"]
     table = markdown_table(
         headers,
         [
             [row["mode"], row["r"], row["final_tokens"], f"{row['theoretical_speedup']:.2f}x",
              f"{row['measured_speedup']:.2f}x", f"{row['efficiency']:.0%}", f"{row['throughput_img_s']:.2f}",
-             f"{row['median_latency_ms']:.0f}", f"{row['min_latency_ms']:.0f}-{row['max_latency_ms']:.0f}"]
+             f"{row['median_latency_ms']:.0f}", f"{row['q1_latency_ms']:.0f}-{row['q3_latency_ms']:.0f}"]
             for row in rows
         ],
     )
-    meta["runtime_s"] = watch.total()
+    machine = speed["stock"]["machine"]
+    warnings = timing_warnings({s.name: {"iqr_spread": speed[s.name]["iqr_spread"]} for s in configs}, machine,
+                               {row["name"]: (row["measured_speedup"], row["theoretical_speedup"]) for row in rows})
+    for warning in warnings:
+        print(f"Warning: {warning}")
+    meta.update(runtime_s=watch.total(), timing_machine=machine, warnings=warnings)
     turbo_cfg = next((s.config for s in configs if s.mode == "turbo"), None)
     notes = (
         f"DINOv2 {args.image_size} px ({tokens} tokens), batch {args.batch_size}, attention `{args.attn}`, "
-        f"{args.repeats} timed round-robin rounds after {args.warmup} warm-up round(s); median per batch. "
+        f"{args.repeats} timed round-robin rounds after {args.warmup} warm-up round(s) with {machine['threads']} torch "
+        f"thread(s) on {machine['cpus']} CPUs; median per batch and its interquartile range. "
         "Speed limit = 1 / turbo_plan(...)['flops_fraction'] (the FLOPs of the linear layers and of the "
         "N^2 attention products); efficiency = measured speed-up / speed limit."
         + (f" Turbo rows use alpha={turbo_cfg.alpha}, alpha_scale={turbo_cfg.alpha_scale!r}." if turbo_cfg else "")
+        + "".join(f"\n\n**Warning**: {warning}" for warning in warnings)
     )
     title = f"# Speed: Turbo token merging on DINOv2-S/14 ({args.image_size} px)"
     return publish(args.out, args.name, title, notes, table, meta, rows)

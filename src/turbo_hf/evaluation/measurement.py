@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import functools
 import os
-import statistics
 import threading
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from transformers.utils import logging
 
 from ..modeling.patching import is_turbo_applied, remove_turbo
 from .settings import Setting, UsageError, use_setting
-from .timing import interleaved_times, synchronize
+from .timing import synchronize, timed_rounds, timing_warnings
+
+logger = logging.get_logger(__name__)
 
 
 def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -101,18 +103,24 @@ def measure_settings(
     flops: bool = True,
     memory: bool = True,
     progress: bool = True,
+    *,
+    threads: int | None = None,
+    warn: bool = True,
 ) -> dict[str, dict]:
-    """Time `call` (one batch of work on `model`) under every setting, fairly.
+    """Time `call` (one batch of work on `model`) under every setting, fairly (`turbo_hf.evaluation.timing`).
 
-    `warmup` untimed rounds, then `repeats` timed rounds; each round visits every setting once, starting
-    from a setting that rotates from round to round, so that drift of a shared machine hits all alike.
-    Turbo is applied before the clock starts and the device is synchronised around every timed call.
-    Afterwards, one untimed call per setting measures peak memory and one counts FLOPs.
+    `warmup` untimed rounds, then `repeats` timed rounds with `threads` torch threads (None: torch's current
+    count); each round visits every setting once, starting from a setting that rotates from round to round,
+    so that drift of a shared machine hits all alike. Turbo is applied before the clock starts and the device
+    is synchronised around every timed call. Afterwards, one untimed call per setting measures peak memory and
+    one counts FLOPs. With `warn`, noisy rounds or a busy machine are logged as a warning
+    (`timing.timing_warnings`; callers that know the FLOP limits check those too and pass `warn=False`).
 
     Returns:
-        For each setting name: `median_ms`, `min_ms`, `max_ms`, `latencies_ms`, `throughput` (samples/s at
-        the median), `speedup` (stock median / this median; needs the `stock` setting), `flops`,
-        `gflops_per_sample`, `memory`.
+        For each setting name: `median_ms`, `min_ms`, `max_ms`, `q1_ms`, `q3_ms`, `iqr_spread`, `latencies_ms`,
+        `throughput` (samples/s at the median), `speedup` (stock median / this median; needs the `stock`
+        setting), `flops`, `gflops_per_sample`, `memory`, and `machine` (the same for all: `threads`, `cpus`,
+        `load_average`, `cpu_share` of `timed_rounds`).
     """
     from tqdm.auto import tqdm
 
@@ -123,24 +131,24 @@ def measure_settings(
     bar = tqdm(total=total, desc="timing", leave=False, disable=not progress, dynamic_ncols=True)
     try:
         with torch.inference_mode():
-            times = interleaved_times(
-                {s.name: call for s in settings}, repeats, warmup, rotate=True, device=device,
+            timed = timed_rounds(
+                {s.name: call for s in settings}, repeats, warmup, threads=threads, device=device,
                 prepare={s.name: functools.partial(use_setting, model, s) for s in settings},
                 on_call=lambda name, seconds: bar.update(),
             )
         results = {}
         for setting in settings:
             use_setting(model, setting)
-            median = statistics.median(times[setting.name])
+            summary = timed["summary"][setting.name]
             entry = {
-                "median_ms": 1000 * median,
-                "min_ms": 1000 * min(times[setting.name]),
-                "max_ms": 1000 * max(times[setting.name]),
-                "latencies_ms": [round(1000 * t, 3) for t in times[setting.name]],
-                "throughput": batch_size / median,
+                **{f"{key}_ms": 1000 * summary[key] for key in ("median", "min", "max", "q1", "q3")},
+                "iqr_spread": summary["iqr_spread"],
+                "latencies_ms": [round(1000 * t, 3) for t in timed["samples"][setting.name]],
+                "throughput": batch_size / summary["median"],
                 "batch_size": batch_size,
                 "warmup": warmup,
                 "repeats": repeats,
+                "machine": timed["machine"],
             }
             if memory:
                 entry["memory"] = peak_memory(call, device)
@@ -156,4 +164,7 @@ def measure_settings(
         stock = results["stock"]["median_ms"]
         for entry in results.values():
             entry["speedup"] = stock / entry["median_ms"]
+    if warn:
+        for warning in timing_warnings(timed["summary"], timed["machine"]):
+            logger.warning(f"Timing: {warning}")
     return results

@@ -62,12 +62,28 @@ def draw_merges(image: np.ndarray, groups: np.ndarray, seed: int = 0, opacity: f
     return Image.fromarray(canvas.astype(np.uint8))
 
 
-def side_by_side(pairs: list[tuple[Image.Image, Image.Image]], gap: int = 8) -> Image.Image:
-    """Rows of (original, merged) pictures in one image."""
+def side_by_side(pairs: list[tuple[Image.Image, Image.Image]], gap: int = 8, title: str | None = None) -> Image.Image:
+    """Rows of (original, merged) pictures in one image, under a one-line `title` when given.
+
+    Example:
+
+    ```python
+    >>> from PIL import Image
+    >>> from turbo_hf.evaluation.visualization import side_by_side
+    >>> tile = Image.new("RGB", (20, 10))
+    >>> side_by_side([(tile, tile)]).size, side_by_side([(tile, tile)], title="r=16: 257 -> 65 tokens").size
+    ((64, 26), (64, 46))
+    ```
+    """
+    from PIL import ImageDraw
+
+    header = 20 if title else 0
     width = max(a.width + b.width for a, b in pairs) + 3 * gap
-    height = sum(max(a.height, b.height) for a, b in pairs) + (len(pairs) + 1) * gap
+    height = header + sum(max(a.height, b.height) for a, b in pairs) + (len(pairs) + 1) * gap
     sheet = Image.new("RGB", (width, height), "white")
-    top = gap
+    if title:
+        ImageDraw.Draw(sheet).text((gap, 4), title, fill="black")
+    top = gap + header
     for left_image, right_image in pairs:
         sheet.paste(left_image, (gap, top))
         sheet.paste(right_image, (2 * gap + left_image.width, top))

@@ -325,6 +325,44 @@ class TurboConfig(PreTrainedConfig):
         }
 
 
+@functools.cache
+def _default_settings() -> tuple:
+    return tuple(TurboConfig().settings().items())
+
+
+def active_settings(config: TurboConfig) -> dict:
+    """The settings that decide what `config` does, for display (`print(model)`, `turbo-hf demo`): the budget
+    (`r` or `flops_ratio`) and `mode`, `alpha` / `alpha_scale` in the modes that use them, `seed` in the
+    `random` mode, `llm_text_query` with `llm_layers`, and every other setting that differs from its default.
+
+    Example:
+
+    ```python
+    >>> from turbo_hf.modeling.configuration_turbo import TurboConfig, active_settings
+    >>> active_settings(TurboConfig(r=16, mode="tome"))
+    {'r': 16, 'mode': 'tome'}
+    >>> active_settings(TurboConfig(r=8, min_tokens=40))
+    {'r': 8, 'mode': 'turbo', 'alpha': 0.02, 'alpha_scale': 'length', 'min_tokens': 40}
+    ```
+    """
+    settings, defaults = config.settings(), dict(_default_settings())
+    unused = {"alpha", "alpha_scale", "semantic_start_layer"} if config.mode != "turbo" else set()
+    if config.mode != "random":
+        unused.add("seed")
+    if config.llm_layers is None:
+        unused.add("llm_text_query")
+    shown = {"flops_ratio": settings["flops_ratio"]} if config.flops_ratio is not None else {"r": settings["r"]}
+    shown["mode"] = config.mode
+    if config.mode == "turbo":
+        shown.update(alpha=config.alpha, alpha_scale=config.alpha_scale)
+    if config.mode == "random":
+        shown["seed"] = config.seed
+    for name, value in settings.items():
+        if name not in shown and name not in unused and value != defaults[name]:
+            shown[name] = value
+    return shown
+
+
 def as_turbo_config(value: TurboConfig | dict | None) -> TurboConfig:
     """A `TurboConfig` from a config, a dict of its fields, or None (no reduction).
 
@@ -344,4 +382,4 @@ def as_turbo_config(value: TurboConfig | dict | None) -> TurboConfig:
     )
 
 
-__all__ = ["TurboConfig", "as_turbo_config", "check_setting_names", "LLM_TEXT_QUERIES", "MODES", "REDUCTIONS", "SCHEDULES", "ALPHA_SCALES"]
+__all__ = ["TurboConfig", "active_settings", "as_turbo_config", "check_setting_names", "LLM_TEXT_QUERIES", "MODES", "REDUCTIONS", "SCHEDULES", "ALPHA_SCALES"]

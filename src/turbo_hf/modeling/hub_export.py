@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import logging
 
-from .configuration_turbo import as_turbo_config
+from .configuration_turbo import active_settings, as_turbo_config
 
 logger = logging.get_logger(__name__)
 
@@ -125,6 +125,22 @@ def write_hub_folder(model, save_directory: str | os.PathLike, card: dict | None
     (folder / "README.md").write_text(model_card(type(model).__name__, model.config, auto_class=main_auto_class, **card))
 
 
+class _StockCheckpointFilter:
+    """Drops exactly Transformers' "You are using a model of type `dinov2` to instantiate a model of type
+    `turbo_dinov2` ..." warning while a Turbo class loads a checkpoint of the stock model it extends (the
+    supported path); a checkpoint of any other type still warns."""
+
+    def __init__(self, config_class: type) -> None:
+        types = [getattr(klass, "model_type", "") for klass in config_class.__mro__]
+        turbo_type = config_class.model_type
+        self.expected = {f"You are using a model of type `{stock}` to instantiate a model of type `{turbo_type}`."
+                         for stock in types if stock and stock != turbo_type}
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        return not any(message.startswith(prefix) for prefix in self.expected)
+
+
 class TurboHubMixin:
     """Gives Turbo model classes a `save_pretrained` that writes a self-contained Hub folder.
 
@@ -155,7 +171,22 @@ class TurboHubMixin:
         # Overrides transformers.modeling_utils.PreTrainedModel.from_pretrained (v5.24)
         if kwargs.get("turbo_config") is not None:
             kwargs["turbo_config"] = as_turbo_config(kwargs["turbo_config"])
-        return super().from_pretrained(*args, **kwargs)
+        config_logger = logging.get_logger("transformers.configuration_utils")
+        expected = _StockCheckpointFilter(cls.config_class)
+        config_logger.addFilter(expected)
+        try:
+            return super().from_pretrained(*args, **kwargs)
+        finally:
+            config_logger.removeFilter(expected)
+
+    def extra_repr(self) -> str:
+        """`print(model)` shows the Turbo settings the model runs with (on the patched model's first line)."""
+        patch = self.__dict__.get("_turbo_patch")
+        stock = super().extra_repr()
+        if patch is None:
+            return stock
+        settings = ", ".join(f"{name}={value!r}" for name, value in active_settings(patch.config).items())
+        return f"turbo: {settings}" + (f"\n{stock}" if stock else "")
 
     def _initialize_weights(self, module, is_custom_code: bool = False):
         """Initialise `module` exactly as the stock class does.

@@ -169,6 +169,7 @@ class TurboRuntime:
         self.summary_query = summary_query
         self._steps: dict[int, list[LayerStep]] = {}
         self._warned_lengths: set[int] = set()  # input lengths whose clamped request was already reported
+        self._applied = _frozen_settings(config)  # what was checked and applied: a later change is refused
 
     def output_bias(
         self, size: torch.Tensor | None, source: torch.Tensor | None, dtype: torch.dtype
@@ -212,9 +213,24 @@ class TurboRuntime:
         built while tracing, so the graph guards on the settings and not on the state of the cache)."""
         if torch.compiler.is_compiling():
             return self._build_steps(num_tokens)
+        self.check_unchanged()
         if num_tokens not in self._steps:
             self._steps[num_tokens] = self._build_steps(num_tokens)
         return self._steps[num_tokens]
+
+    def check_unchanged(self) -> None:
+        """Refuse to run with settings changed after Turbo was applied (`model.config.turbo_config.r = 8`): they
+        were checked against this model when applied, and a silent partial effect would be worse than an error."""
+        current = _frozen_settings(self.config)
+        if current != self._applied:
+            changed = ", ".join(f"{name} {old!r} -> {new!r}" for (name, old), (_, new) in zip(self._applied, current)
+                                if old != new)
+            raise RuntimeError(
+                f"The Turbo settings of this model were changed after it was patched ({changed}); they take effect only "
+                "when applied. Apply them with `turbo_hf.apply_turbo(model, TurboConfig(...))` (or "
+                "`apply_turbo(model, model.config.turbo_config)` for the changed config), or for one block with "
+                "`with turbo_hf.turbo(model, r=...):`."
+            )
 
     def _build_steps(self, num_tokens: int) -> list[LayerStep]:
         config = self.config
@@ -242,6 +258,11 @@ class TurboRuntime:
             )
             merged = merged or r > 0
         return steps
+
+
+def _frozen_settings(config: TurboConfig) -> tuple:
+    """The settings as a tuple of `(name, value)`, lists frozen, so that a later in-place change shows."""
+    return tuple((name, tuple(value) if isinstance(value, list) else value) for name, value in config.settings().items())
 
 
 def check_attention_mask(attention_mask: torch.Tensor | None, steps: list[LayerStep]) -> None:

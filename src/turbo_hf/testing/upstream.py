@@ -200,6 +200,8 @@ INTERNALS: tuple[Internal, ...] = (
              "turbo_hf.modeling.modeling_turbo_instructblip"),
     Internal("transformers.models.siglip.modeling_siglip.eager_attention_forward", "turbo_hf.modeling.modeling_turbo_siglip"),
     Internal("transformers.models.vit.modeling_vit.eager_attention_forward", "turbo_hf.modeling.modeling_turbo_vit"),
+    Internal("transformers.configuration_utils.PreTrainedConfig.from_pretrained",
+             "turbo_hf.modeling.hub_export._StockCheckpointFilter (the text of the model-type warning it drops)"),
 )
 
 OUTPUT_FIELDS: tuple[OutputFields, ...] = (
