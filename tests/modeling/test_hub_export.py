@@ -134,12 +134,15 @@ def test_patched_stock_model_saves_a_stock_checkpoint_with_a_warning(tmp_path, c
 # ------------------------------------------------------------------ the remote code does nothing at import
 
 # Module-level calls the remote code may make: registration with Transformers and the adapter registry.
-REGISTER_CALLS = {"register_adapter", "AutoConfig.register", "AutoModel.register", "AutoProcessor.register"}
+REGISTER_CALLS = {
+    "register_adapter", "register_grid_family", "_register_text_tower", "AutoConfig.register", "AutoModel.register",
+    "AutoProcessor.register",
+}
 # Calls that may build a module-level value or decorate a definition: pure constructors and decorators.
 PURE_CALLS = {
     "FamilyAdapter", "ReducibleEncoder", "re.compile", "inspect.signature", "logging.get_logger", "staticmethod", "classmethod",
     "dataclass", "field", "torch.no_grad", "capture_outputs", "merge_with_config_defaults", "can_return_tuple",
-    "contextmanager", "property", "stock_field_order", "functools.cache",
+    "contextmanager", "property", "stock_field_order", "functools.cache", "refuse_llm_settings",
 }
 # Names whose mere use at import would touch the process or the machine (environment, files, output, logging).
 FORBIDDEN_NAMES = {"os", "sys", "open", "environ", "getenv", "print", "exec", "eval", "__import__", "subprocess",
