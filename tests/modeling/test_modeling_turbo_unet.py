@@ -189,3 +189,19 @@ def test_unet_settings_are_refused_by_the_other_families():
                                              "ViTForImageClassification does not take it"):
             apply_turbo(model, **{name: value})
     assert not is_turbo_applied(model)
+
+
+# diffusers methods our code follows or wraps, by the reviewed diffusers release (setup.cfg allows that minor only)
+REVIEWED_DIFFUSERS = {
+    "diffusers.models.attention.BasicTransformerBlock.forward": {"0.42.1": "fe4764e16c58d35d"},
+    "diffusers.configuration_utils.ConfigMixin.to_json_string": {"0.42.1": "7e88d107ebc27a94"},
+}
+
+
+@pytest.mark.parametrize("name", list(REVIEWED_DIFFUSERS))
+def test_the_diffusers_methods_we_follow_are_the_reviewed_ones(name):
+    """TurboBasicTransformerBlock.forward re-runs the stock block's steps, and the UNet's `to_json_string` wraps
+    the stock one: a diffusers release that changes them must be reviewed (then add its fingerprint here)."""
+    from turbo_hf.testing.upstream import fingerprint, resolve
+
+    assert fingerprint(resolve(name)) in REVIEWED_DIFFUSERS[name].values(), f"{name} changed: re-check our override"

@@ -11,6 +11,9 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 TEXT_WIDTH = 16
 PROMPT_LENGTH = 12
+TINY_UNET = dict(in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                 cross_attention_dim=TEXT_WIDTH, attention_head_dim=4, norm_num_groups=4)
 WORDS = ["<pad>", "<unk>", "<bos>", "<eos>", "a", "photo", "of", "cat", "dog", "red", "blue", "on", "the", "grass"]
 
 
@@ -18,11 +21,7 @@ def tiny_unet(seed: int = 0, sample_size: int = 16) -> UNet2DConditionModel:
     """SD 1.x's UNet layout (cross-attention down blocks, then a plain one; mirrored up blocks) at widths 8 / 16,
     one transformer block per attention, text width 16, `sample_size` x `sample_size` latents, random weights."""
     torch.manual_seed(seed)
-    return UNet2DConditionModel(
-        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=TEXT_WIDTH, attention_head_dim=4, norm_num_groups=4,
-    ).eval()
+    return UNet2DConditionModel(sample_size=sample_size, **TINY_UNET).eval()
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -62,4 +61,4 @@ def unet_inputs(batch: int = 2, sample_size: int = 16, seed: int = 0, text_token
     }
 
 
-__all__ = ["PROMPT_LENGTH", "TEXT_WIDTH", "tiny_pipeline", "tiny_tokenizer", "tiny_unet", "unet_inputs"]
+__all__ = ["PROMPT_LENGTH", "TEXT_WIDTH", "TINY_UNET", "tiny_pipeline", "tiny_tokenizer", "tiny_unet", "unet_inputs"]
