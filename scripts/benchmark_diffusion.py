@@ -85,6 +85,7 @@ def main(argv=None) -> dict:
         compare = bench.latent_difference
     threads = torch.get_num_threads()
     warning = bench.load_warning(threads)
+    meta = run_metadata(**vars(args))  # before timing: the load average it records is the one at the start
     print(f"torch threads: {threads}  |  {what}  |  {args.steps} steps, CFG batch 2  |  "
           f"{args.warmup} warm-up + {args.rounds} rounds" + (f"\nWARNING: {warning}" if warning else ""))
     rows = bench.measure(unet, settings, run, compare, repeats=args.rounds, warmup=args.warmup)
@@ -96,16 +97,16 @@ def main(argv=None) -> dict:
 
     quality = (["PSNR dB", "pixel err /255"], ["psnr_db", "pixel_mean_abs_255"]) if args.checkpoint else (
         ["latent mean abs", "latent max abs", "relative"], ["latent_mean_abs", "latent_max_abs", "latent_relative"])
-    headers = ["setting", "speed-up vs stock", "s / image", "min-max s", "spread", "FLOP limit", "full SD-1.5 FLOP limit",
-               "peak RSS MB", *quality[0]]
+    headers = ["setting", "speed-up vs stock", "of minima", "s / image", "min-max s", "spread", "FLOP limit",
+               "full SD-1.5 FLOP limit", "peak RSS MB", *quality[0]]
     table = markdown_table(headers, [
-        [row["setting"], f"{row['speedup']:.2f}x", f"{row['median_s']:.2f}", f"{row['min_s']:.2f}-{row['max_s']:.2f}",
+        [row["setting"], f"{row['speedup']:.2f}x" + (" (!)" if row["above_flop_limit"] else ""),
+         f"{row['speedup_of_minima']:.2f}x", f"{row['median_s']:.2f}", f"{row['min_s']:.2f}-{row['max_s']:.2f}",
          f"{row['spread']:.0%}", f"{row['flops_speed_limit']:.2f}x", f"{row['sd15_flops_speed_limit']:.2f}x" if full else "n/a",
          f"{row['peak_rss_mb']:.0f}",
          *[f"{row[key]:.4g}" for key in quality[1]]]
         for row in rows
     ])
-    meta = run_metadata(**vars(args))
     meta["versions"].update({name: package_version(name) for name in ("diffusers", "tomesd")})
     meta["model"] = {"folder": args.checkpoint or what}
     meta["load_warning"] = warning
@@ -115,7 +116,8 @@ def main(argv=None) -> dict:
         f"CPU, torch threads: {threads}. One UNet for every row; each setting applied before its timed call, "
         f"{args.warmup} warm-up and {args.rounds} timed round-robin rounds with a rotating start; median seconds "
         "per image, min-max and spread = (max - min) / median over the rounds. Speed-up = stock median / row "
-        "median in this run; FLOP limit = stock FLOPs / row FLOPs (torch's FLOP counter) of the model timed, full "
+        "median in this run ((!): more than 1.1x the FLOP limit, i.e. other work slowed the stock rounds), of minima "
+        "= stock min / row min (the least disturbed rounds); FLOP limit = stock FLOPs / row FLOPs (torch's FLOP counter) of the model timed, full "
         "SD-1.5 FLOP limit the same for the unscaled SD-1.5 UNet at 64 x 64 (counted on the meta device); peak RSS = the process's "
         "resident memory during one image (weights included). tomesd rows: `tomesd.apply_patch(unet, ratio)` with "
         f"its defaults (random cells, self-attention at full resolution). Turbo rows: `apply_turbo(unet, "
