@@ -329,9 +329,10 @@ def test_remote_code_files_refuse_imports_that_are_not_flat_siblings(tmp_path, b
 
 def test_the_package_imports_with_only_its_install_requires():
     """`import turbo_hf` and every `turbo_hf.modeling` module work (and a patched model runs) when the
-    optional packages (the `eval`, `fetch` and `examples` extras) are not installed."""
+    optional packages (the `eval`, `fetch`, `examples` and `diffusion` extras) are not installed; the family of an
+    optional package (`registry.OPTIONAL_FAMILIES`) says which extra it needs."""
     optional = ["accelerate", "datasets", "evaluate", "sklearn", "matplotlib", "pycocoevalcap", "PIL", "onnx",
-                "onnxruntime", "skimage"]
+                "onnxruntime", "skimage", "diffusers"]
     script = textwrap.dedent(
         f"""
         import sys
@@ -339,8 +340,18 @@ def test_the_package_imports_with_only_its_install_requires():
             sys.modules[name] = None  # `import name` fails and transformers sees the package as absent
         import importlib, pkgutil
         import turbo_hf, turbo_hf.modeling
+        from turbo_hf.modeling.registry import OPTIONAL_FAMILIES
+        optional_families = {{"turbo_hf.modeling." + name for name in OPTIONAL_FAMILIES.values()}}
         for info in pkgutil.walk_packages(turbo_hf.modeling.__path__, prefix="turbo_hf.modeling."):
-            importlib.import_module(info.name)
+            if info.name in optional_families:
+                try:
+                    importlib.import_module(info.name)
+                except ImportError as error:
+                    assert "pip install turbo-hf[diffusion]" in str(error), error
+                else:
+                    raise AssertionError(info.name + " imported without its optional package")
+            else:
+                importlib.import_module(info.name)
         from turbo_hf.testing.tiny_models import build, inputs
         model = turbo_hf.apply_turbo(build("vit-cls"), r=2)
         print("OK", tuple(model(**inputs("vit-cls")).logits.shape))

@@ -11,7 +11,7 @@ from transformers.conversion_mapping import (
 
 from turbo_hf import TurboConfig
 from turbo_hf import supported_classes  # importing turbo_hf registers every family
-from turbo_hf.modeling import registry
+from turbo_hf.modeling import modeling_turbo_unet, registry  # the optional UNet family (diffusers is in [dev])
 from turbo_hf.modeling.modeling_turbo_blip_text import BLIP_ITM_TEXT_ENCODER
 from turbo_hf.modeling.registry import (
     FamilyAdapter,
@@ -23,7 +23,8 @@ from turbo_hf.modeling.registry import (
     registered_adapters,
 )
 
-FAMILIES = {"bert", "blip", "blip_2", "clip", "clip-text", "dinov2", "instructblip", "llava", "siglip", "siglip-text", "vit"}
+FAMILIES = {"bert", "blip", "blip_2", "clip", "clip-text", "dinov2", "instructblip", "llava", "siglip", "siglip-text", "unet",
+            "vit"}
 FAMILIES |= {"llava_next", "llava_next_video", "llava_onevision"}
 
 
@@ -51,6 +52,17 @@ def test_find_adapter_refusal_lists_every_supported_class():
     listed = str(error.value).split("Supported classes: ", 1)[1].rstrip(".").split(", ")
     assert listed == supported_classes()
     assert "ViTModel" in listed and "BlipForImageTextRetrieval" in listed and "BertModel" in listed
+
+
+def test_optional_families_load_for_their_package_and_pipelines_patch_through_their_holder():
+    assert registry.OPTIONAL_FAMILIES == {"diffusers": "modeling_turbo_unet"}
+    unet = bare(modeling_turbo_unet.UNet2DConditionModel)
+    pipeline = type("StableDiffusionPipeline", (), {"__module__": "diffusers.pipelines"})()
+    pipeline.unet = unet
+    assert registry.held_model(pipeline) is unet and registry.held_model(unet) is unet
+    assert find_adapter(unet) is modeling_turbo_unet.UNET_ADAPTER
+    holder = object()
+    assert registry.held_model(holder) is holder
 
 
 def test_adapter_by_name():

@@ -14,6 +14,13 @@ SCHEDULES = ("constant", "decreasing")
 ALPHA_SCALES = ("length", "raw", "rank", "zscore")
 LLM_TEXT_QUERIES = ("last", "all")
 TOKEN_ORDERS = ("spatial", "tome")
+UNET_COMPONENTS = ("self_attn", "cross_attn", "ff")
+UNET_DOWNSAMPLES = (1, 2, 4, 8)
+# settings only one family takes (the others refuse them when set): family name -> (what takes them, names)
+FAMILY_SETTINGS = {
+    "unet": ("Stable Diffusion's UNet (diffusers' UNet2DConditionModel, with turbo-hf[diffusion])",
+             ("merge_ratio", "merge_components", "max_downsample", "merge_stride", "random_cell")),
+}
 
 # Chosen from measurements on the real DINOv2-S/14 (see README, "Choosing alpha"): with the semantic value
 # normalised by its mean over the non-[CLS] tokens, a small weight keeps ToMe's quality at every length.
@@ -176,6 +183,24 @@ class TurboConfig(PreTrainedConfig):
             Video models (`LlavaNextVideoForConditionalGeneration`): the tokens each video keeps after its frames'
             tokens are merged jointly before the language model (an int: at most that many; a float in (0, 1):
             that share of the video's tokens). None keeps them all.
+        merge_ratio (`float`, *optional*):
+            Stable Diffusion's UNet (diffusers): the fraction of the image tokens merged before each patched
+            component of every patched transformer block (tomesd's `ratio`: `int(tokens * merge_ratio)` merge),
+            in [0, 1 - 1 / (sx * sy)]; unmerged after the component. The UNet takes this instead of `r` and uses
+            `mode`, `alpha`, `alpha_scale`, `reduction` and `seed` (not `proportional_attention`: its attention
+            processors run unchanged). The four settings below are for the UNet too (other families refuse them).
+        merge_components (`list[str]`, *optional*):
+            UNet: the components merged around, any of `"self_attn"`, `"cross_attn"`, `"ff"` (tomesd's
+            `merge_attn` / `merge_crossattn` / `merge_mlp`); None means `["self_attn"]`, tomesd's default.
+        max_downsample (`int`, *optional*):
+            UNet: blocks at a latent downsampling of at most this (1, 2, 4 or 8) are patched; None means 1 (the
+            full-resolution blocks, where the attention cost is), as tomesd.
+        merge_stride (`list[int]`, *optional*):
+            UNet: `[sx, sy]`, the cell of the strided split: one destination token per sx x sy cell of the latent
+            grid, the other tokens merge into them; None means `[2, 2]`.
+        random_cell (`bool`, *optional*):
+            UNet: put each cell's destination at a random position of the cell (seeded by `seed`, the block and the
+            row's timestep, so a run is reproducible) instead of its top-left corner; None means False.
 
     Example:
 
@@ -208,6 +233,11 @@ class TurboConfig(PreTrainedConfig):
     text_r: int | list[int] | None = None
     image_keep: list[float] | None = None
     video_keep: int | float | None = None
+    merge_ratio: float | None = None
+    merge_components: list[str] | None = None
+    max_downsample: int | None = None
+    merge_stride: list[int] | None = None
+    random_cell: bool | None = None
 
     def __post_init__(self, **kwargs):
         check_setting_names(kwargs)
@@ -234,6 +264,7 @@ class TurboConfig(PreTrainedConfig):
                 raise ValueError(f"`flops_ratio` must be a number in (0, 1], got {ratio!r}.")
         self._validate_llm()
         _video_keep(self.video_keep)
+        self._validate_unet()
         _allowed("schedule", self.schedule, SCHEDULES)
         _allowed("mode", self.mode, MODES)
         _allowed("reduction", self.reduction, REDUCTIONS)
@@ -270,6 +301,33 @@ class TurboConfig(PreTrainedConfig):
         if keep != sorted(keep, reverse=True):
             raise ValueError(f"`llm_keep` must not increase from one layer to the next, got {keep!r}.")
         self.llm_layers, self.llm_keep = layers, keep
+
+    def _validate_unet(self) -> None:
+        components, stride = self.merge_components, self.merge_stride
+        if components is not None:
+            components = list(components) if isinstance(components, (list, tuple)) else components
+            if not isinstance(components, list) or not components or len(set(components)) != len(components) or \
+                    set(components) - set(UNET_COMPONENTS):
+                raise ValueError(f"`merge_components` must be a non-empty list of distinct entries of "
+                                 f"{list(UNET_COMPONENTS)}, got {self.merge_components!r}.")
+            self.merge_components = components
+        if self.max_downsample is not None:
+            _allowed("max_downsample", self.max_downsample, UNET_DOWNSAMPLES)
+        if stride is not None:
+            stride = list(stride) if isinstance(stride, (list, tuple)) else stride
+            if not isinstance(stride, list) or len(stride) != 2 or any(
+                    isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in stride) or stride == [1, 1]:
+                raise ValueError(f"`merge_stride` must be [sx, sy], two positive integers (not [1, 1]), got {stride!r}.")
+            self.merge_stride = stride
+        if self.random_cell is not None and not isinstance(self.random_cell, bool):
+            raise ValueError(f"`random_cell` must be True, False or None, got {self.random_cell!r}.")
+        if self.merge_ratio is not None:
+            sx, sy = stride or (2, 2)
+            limit = 1 - 1 / (sx * sy)
+            ratio = self.merge_ratio
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= limit:
+                raise ValueError(f"`merge_ratio` must be a number in [0, {limit:g}] (at most all but one token of each "
+                                 f"{sx} x {sy} cell of `merge_stride` merge), got {ratio!r}.")
 
     def settings(self) -> dict:
         """The Turbo settings alone (no generic `PreTrainedConfig` fields), as a dict."""

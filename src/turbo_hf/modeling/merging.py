@@ -262,25 +262,41 @@ def bipartite_plan(
     src_idx = chosen * 2
     dst_idx = partner.gather(1, chosen) * 2 + 1
 
-    kept_count = num_tokens - r
-    positions = torch.arange(num_tokens, device=device).expand(batch, num_tokens)
     if token_order == "tome":
         unmerged = order[:, r:]
         if protect_first:
             unmerged = unmerged.sort(dim=-1).values
-        keep_idx = torch.cat([unmerged * 2, positions[:, 1::2]], dim=1)
+        odd = torch.arange(1, num_tokens, 2, device=device).expand(batch, num_tokens // 2)
+        keep_idx = torch.cat([unmerged * 2, odd], dim=1)
     else:
-        # the kept positions in ascending order, without a data-dependent shape: each kept token is scattered
-        # to its new position, removed ones to one extra slot that is cut off
-        removed = torch.zeros(batch, num_tokens, dtype=torch.bool, device=device).scatter_(1, src_idx, True)
-        new_position = positions - torch.cumsum(removed.long(), dim=1)
-        slot = new_position.masked_fill(removed, kept_count)
-        keep_idx = torch.zeros(batch, kept_count + 1, dtype=positions.dtype, device=device)
-        keep_idx = keep_idx.scatter(1, slot, positions)[:, :kept_count]
-    outputs = torch.arange(kept_count, device=device).expand(batch, kept_count)
-    new_index = torch.zeros(batch, num_tokens, dtype=positions.dtype, device=device).scatter(1, keep_idx, outputs)
+        keep_idx = _spatial_keep_index(src_idx, num_tokens)
+    return _plan_from_keep(src_idx, dst_idx, keep_idx, num_tokens)
+
+
+def _spatial_keep_index(src_idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """The kept positions in ascending order, without a data-dependent shape: each kept token is scattered to its
+    new position, removed ones to one extra slot that is cut off."""
+    batch, kept_count = src_idx.shape[0], num_tokens - src_idx.shape[1]
+    positions = torch.arange(num_tokens, device=src_idx.device).expand(batch, num_tokens)
+    removed = torch.zeros(batch, num_tokens, dtype=torch.bool, device=src_idx.device).scatter_(1, src_idx, True)
+    new_position = positions - torch.cumsum(removed.long(), dim=1)
+    slot = new_position.masked_fill(removed, kept_count)
+    keep_idx = torch.zeros(batch, kept_count + 1, dtype=positions.dtype, device=src_idx.device)
+    return keep_idx.scatter(1, slot, positions)[:, :kept_count]
+
+
+def _plan_from_keep(src_idx: torch.Tensor, dst_idx: torch.Tensor, keep_idx: torch.Tensor, num_tokens: int) -> MergePlan:
+    batch, kept_count = keep_idx.shape
+    outputs = torch.arange(kept_count, device=keep_idx.device).expand(batch, kept_count)
+    new_index = torch.zeros(batch, num_tokens, dtype=keep_idx.dtype, device=keep_idx.device).scatter(1, keep_idx, outputs)
     new_index = new_index.scatter(1, src_idx, new_index.gather(1, dst_idx))
     return MergePlan(src_idx=src_idx, dst_idx=dst_idx, keep_idx=keep_idx, new_index=new_index)
+
+
+def plan_from_pairs(src_idx: torch.Tensor, dst_idx: torch.Tensor, num_tokens: int) -> MergePlan:
+    """The spatial-order plan in which each token of `src_idx` (B, r) merges into the one at `dst_idx` (B, r)
+    (the pairs of any split, e.g. the grid split of `merging_grid.grid_plan`); the kept tokens stay in order."""
+    return _plan_from_keep(src_idx, dst_idx, _spatial_keep_index(src_idx, num_tokens), num_tokens)
 
 
 def _gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -354,6 +370,7 @@ __all__ = [
     "key_metric",
     "max_reduction",
     "merge_tokens",
+    "plan_from_pairs",
     "proportional_bias",
     "semantic_value",
     "unmerge",

@@ -10,8 +10,9 @@ from torch import nn
 from transformers.utils import logging
 from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
 
-from .configuration_turbo import TurboConfig, as_turbo_config
-from .registry import FamilyAdapter, ReducibleEncoder, adapter_by_name, encoder_settings, find_adapter, registered_adapters
+from .configuration_turbo import FAMILY_SETTINGS, TurboConfig, as_turbo_config
+from .registry import (FamilyAdapter, ReducibleEncoder, adapter_by_name, encoder_settings, find_adapter, held_model,
+                       registered_adapters)
 from .schedules import flops_fraction, layer_cost, token_counts
 from .turbo_encoder import TurboRuntime
 
@@ -141,13 +142,13 @@ def _extra_encoders(
 
 
 def is_turbo_applied(model: nn.Module) -> bool:
-    """Whether `apply_turbo` has patched this model."""
-    return getattr(model, "_turbo_patch", None) is not None
+    """Whether `apply_turbo` has patched this model (or the UNet of this diffusers pipeline)."""
+    return getattr(held_model(model), "_turbo_patch", None) is not None
 
 
 def get_turbo_config(model: nn.Module) -> TurboConfig | None:
     """The `TurboConfig` a model was patched with, or None."""
-    patch = getattr(model, "_turbo_patch", None)
+    patch = getattr(held_model(model), "_turbo_patch", None)
     return patch.config if patch is not None else None
 
 
@@ -178,10 +179,12 @@ def turbo_plan(model: nn.Module, num_tokens: int | None = None, encoder_tokens: 
     [17, 15, 13]
     ```
     """
-    patch = getattr(model, "_turbo_patch", None)
+    patch = getattr(held_model(model), "_turbo_patch", None)
     if patch is None:
         raise ValueError(f"{type(model).__name__} is not patched: call `apply_turbo` first.")
     vision = patch.vision_models[0]
+    if patch.adapter.build_runtime is not None:
+        return vision.turbo_runtime.describe(num_tokens)
     plan = _runtime_plan(vision.turbo_runtime, patch.adapter.default_tokens(vision.config) if num_tokens is None
                          else num_tokens)
     encoder_tokens = encoder_tokens or {}
@@ -206,7 +209,8 @@ def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -
     """Patch a stock Transformers model in place so its vision encoder merges tokens with Turbo.
 
     Settings of an extra encoder of the family (BLIP retrieval's ITM text encoder: `text_r`, `image_keep`)
-    patch it in the same swap; models without such an encoder refuse them.
+    patch it in the same swap; models without such an encoder refuse them. A diffusers pipeline (not an
+    `nn.Module`) is patched through its `.unet` (Stable Diffusion, `merge_ratio`); the pipeline is returned.
     Weights, parameter names and the `state_dict` do not change; `remove_turbo` restores the stock model
     exactly. Applying again replaces the previous settings. Patching is atomic: when any setting is refused,
     or a swap fails midway, the model stays exactly as it was (stock, or patched with its previous settings).
@@ -217,7 +221,7 @@ def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -
             (`apply_turbo(model, r=16)`).
 
     Returns:
-        The same model object.
+        The same model (or pipeline) object.
 
     Example:
 
@@ -237,7 +241,12 @@ def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -
         raise ValueError("Pass either a `config` or keyword settings to `apply_turbo`, not both.")
     else:
         config = as_turbo_config(config)  # checks a given config again (after `config.mode = ...`)
+    holder, model = model, held_model(model)
     adapter = find_adapter(model)
+    for family, (takes, names) in FAMILY_SETTINGS.items():
+        given = [name for name in names if getattr(config, name) is not None]
+        if given and adapter.name != family:
+            raise ValueError(f"`{given[0]}` configures {takes}; {type(model).__name__} does not take it.")
     _check_not_nested(model)
     # Everything that can refuse runs before anything changes: a refused config leaves the model as it was.
     if adapter.validate is not None:
@@ -259,7 +268,8 @@ def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -
             "raster order). Use token_order='spatial' (ToMe's merge decisions in spatial order: mode='tome')."
         )
     vision_models = adapter.vision_models(model)
-    runtimes = [(vision, _build_runtime(vision, adapter, config)) for vision in vision_models]
+    build = adapter.build_runtime or (lambda vision, config: _build_runtime(vision, adapter, config))
+    runtimes = [(vision, build(vision, config)) for vision in vision_models]
     targets = [model] + [m for vision in vision_models for m in vision.modules()]
     if adapter.extra_modules is not None:
         targets += adapter.extra_modules(model)
@@ -284,7 +294,7 @@ def apply_turbo(model: nn.Module, config: TurboConfig | None = None, **kwargs) -
         raise
     logger.info(f"Turbo applied to {type(model).__name__} ({adapter.name}): {len(model._turbo_patch.swapped)} "
                 "modules patched.")
-    return model
+    return holder
 
 
 def _swap(model, adapter, config, groups, runtimes, extra) -> None:
@@ -335,6 +345,7 @@ def remove_turbo(model: nn.Module) -> nn.Module:
     'ViTModel'
     ```
     """
+    holder, model = model, held_model(model)
     patch = getattr(model, "_turbo_patch", None)
     if patch is None:
         raise ValueError(f"{type(model).__name__} has no Turbo patch to remove: call `apply_turbo` first.")
@@ -344,7 +355,7 @@ def remove_turbo(model: nn.Module) -> nn.Module:
     for module in patch.vision_models + [encoder for _, encoder in patch.encoders]:
         module.__dict__.pop("turbo_runtime", None)
     del model._turbo_patch
-    return model
+    return holder
 
 
 @contextmanager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -90,6 +92,10 @@ class FamilyAdapter:
         extra_encoders: further encoders reduced with settings of their own (`ReducibleEncoder`).
         merges_video: the family merges each video's tokens jointly before its language model (`video_keep`);
             the other families refuse `video_keep` at `apply_turbo`.
+        build_runtime: called as `build_runtime(vision, config)` instead of building a transformer-layer
+            `TurboRuntime` (the UNet's runtime); what it returns must have `describe(num_tokens)` for `turbo_plan`.
+        holder_attr: an object that is not an `nn.Module` (a diffusers pipeline) and holds a model of the family
+            under this attribute is patched through it (`apply_turbo(pipe)` patches `pipe.unet`).
     """
 
     name: str
@@ -108,6 +114,8 @@ class FamilyAdapter:
     spatial_only: bool = False
     extra_encoders: tuple[ReducibleEncoder, ...] = ()
     merges_video: bool = False
+    build_runtime: Callable[[nn.Module, object], object] | None = None
+    holder_attr: str | None = None
 
     def class_maps(self) -> list[dict[type, type]]:
         """The class map of the main encoder(s), then those of the extra encoders."""
@@ -124,6 +132,29 @@ class FamilyAdapter:
 
 
 _ADAPTERS: list[FamilyAdapter] = []
+
+# Families whose stock classes come from an optional package: package -> the family module, imported (so it
+# registers itself) the first time an object from that package is patched; the other families never import it.
+OPTIONAL_FAMILIES = {"diffusers": "modeling_turbo_unet"}
+
+
+def load_optional_family(obj: object) -> None:
+    """Import the family module for an object from an optional package (a diffusers UNet or pipeline)."""
+    for package in {cls.__module__.split(".", 1)[0] for cls in type(obj).__mro__}:
+        if package in OPTIONAL_FAMILIES:
+            importlib.import_module(f"{__package__}.{OPTIONAL_FAMILIES[package]}")
+
+
+def held_model(obj: object) -> object:
+    """The model a non-module holder (a diffusers pipeline) carries for a family's `holder_attr`; else `obj`."""
+    if isinstance(obj, nn.Module):
+        return obj
+    load_optional_family(obj)
+    for adapter in _ADAPTERS:
+        held = getattr(obj, adapter.holder_attr, None) if adapter.holder_attr else None
+        if isinstance(held, adapter.model_classes):
+            return held
+    return obj
 
 
 def _share_weight_conversions(adapter: FamilyAdapter) -> None:
@@ -165,9 +196,13 @@ def registered_adapters() -> list[FamilyAdapter]:
 
 def adapter_by_name(name: str) -> FamilyAdapter:
     """The registered adapter called `name` (e.g. `"vit"`)."""
-    for adapter in _ADAPTERS:
-        if adapter.name == name:
-            return adapter
+    for _ in range(2):
+        for adapter in _ADAPTERS:
+            if adapter.name == name:
+                return adapter
+        for package, module in OPTIONAL_FAMILIES.items():  # e.g. unpickling a patched UNet in a fresh process
+            if importlib.util.find_spec(package) is not None:
+                importlib.import_module(f"{__package__}.{module}")
     raise ValueError(f"No Turbo family called {name!r}; registered: {[a.name for a in _ADAPTERS]}.")
 
 
@@ -188,6 +223,7 @@ def encoder_settings() -> dict[str, list[ReducibleEncoder]]:
 
 def find_adapter(model: nn.Module) -> FamilyAdapter:
     """The adapter for a model, or a `ValueError` that lists the supported classes."""
+    load_optional_family(model)
     for adapter in _ADAPTERS:
         if isinstance(model, adapter.model_classes):
             return adapter
@@ -202,6 +238,8 @@ __all__ = [
     "adapter_by_name",
     "encoder_settings",
     "find_adapter",
+    "held_model",
+    "load_optional_family",
     "register_adapter",
     "registered_adapters",
     "supported_classes",
