@@ -14,8 +14,8 @@ Measured against the stock model (`LlavaForConditionalGeneration`, no Turbo), in
   runs it);
 - decode: 32 greedy decoding steps on the KV cache of that prefill (each step one token per sample, as
   `generate()` runs them); reported per token. The cache is cut back (`cache.crop(-32)`) after each timed run;
-- both timed with `turbo_hf.evaluation.timing.interleaved_medians` (every setting and the stock model in round-robin rounds;
-  medians), wall clock and, separately, process CPU time (with one torch thread the CPU time is the compute
+- both timed by `turbo_hf.evaluation.llm_reduction_benchmark.measure_settings` (every setting and the stock model in
+  round-robin rounds; medians), wall clock and, separately, process CPU time (with one torch thread the CPU time is the compute
   itself, not time spent waiting for a core on a shared machine);
 - memory: the peak of tensor memory allocated during one prefill + 32 decoding steps, from the torch profiler
   (`profile_memory=True`: allocations minus frees in time order, relative to the start; weights excluded),
@@ -34,7 +34,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT / "src") not in sys.path:  # run from a checkout without installing the package
@@ -53,8 +51,7 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration  # noqa: E40
 
 import turbo_hf  # noqa: E402
 from turbo_hf import TurboConfig, apply_turbo  # noqa: E402
-from turbo_hf.modeling.compat import cache_kwargs, cache_of  # noqa: E402
-from turbo_hf.evaluation.timing import interleaved_medians  # noqa: E402
+from turbo_hf.evaluation.llm_reduction_benchmark import measure_settings  # noqa: E402
 
 IMAGE_TOKEN_ID = 999
 BOS, USER, ASSISTANT, NEWLINE = 1, 5, 6, 7
@@ -119,122 +116,20 @@ def make_inputs(batch: int, image_tokens: int, seed: int = 0) -> dict:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}, text_counts
 
 
-class Runner:
-    """Prefill and decode callables for one model setting on one batch."""
-
-    def __init__(self, model, inputs: dict, new_tokens: int):
-        self.model, self.inputs, self.new_tokens = model, inputs, new_tokens
-        mask = inputs["attention_mask"]
-        self.positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        self.cpu = {"prefill": [], "decode": []}
-        self.output = None
-
-    def prefill(self):
-        start = time.process_time()
-        with torch.no_grad():
-            self.output = self.model(
-                **self.inputs, position_ids=self.positions, use_cache=True, logits_to_keep=1, return_dict=True
-            )
-        self.cpu["prefill"].append(time.process_time() - start)
-        return self.output
-
-    def decode(self):
-        """`new_tokens` greedy steps on the prefill's cache, then the cache is cut back to the prefill."""
-        cache = cache_of(self.output)
-        token = self.output.logits[:, -1].argmax(-1, keepdim=True)
-        mask, position = self.inputs["attention_mask"], self.positions[:, -1:]
-        start = time.process_time()
-        tokens = []
-        with torch.no_grad():
-            for _ in range(self.new_tokens):
-                mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-                position = position + 1
-                out = self.model(
-                    input_ids=token,
-                    attention_mask=mask,
-                    position_ids=position,
-                    use_cache=True,
-                    **cache_kwargs(cache),
-                    logits_to_keep=1,
-                    return_dict=True,
-                )
-                token = out.logits[:, -1].argmax(-1, keepdim=True)
-                tokens.append(token)
-        self.cpu["decode"].append(time.process_time() - start)
-        cache.crop(-self.new_tokens)
-        return torch.cat(tokens, dim=1)
-
-
-def cache_megabytes(cache) -> float:
-    return sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers) / 2**20
-
-
-def peak_tensor_megabytes(call) -> float:
-    """Peak of tensor memory allocated during `call` (torch profiler; allocations minus frees, in time order)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        call()
-    changes = sorted(
-        (event.time_range.start, event.self_cpu_memory_usage) for event in prof.events() if event.self_cpu_memory_usage
-    )
-    current = peak = 0
-    for _, change in changes:
-        current += change
-        peak = max(peak, current)
-    return peak / 2**20
-
-
 def run_batch(model, weights, batch: int, settings, repeats: int, warmup: int, new_tokens: int) -> dict:
-    runners, info = {}, {}
-    for name, turbo in settings:
+    def build(turbo):
         variant = build_variant(model, weights, turbo)
         # the placeholders: 576 per image, or the merged count when the vision tower merges
         image_tokens = 576 if turbo is None else variant.model.num_image_tokens()
-        inputs, text_counts = make_inputs(batch, image_tokens)  # same words and pixels for every setting
-        runner = Runner(variant, inputs, new_tokens)
-        runner.prefill()
-        state = getattr(cache_of(runner.output), "turbo_llm_state", None)
-        tokens_per_layer = [layer.keys.shape[2] for layer in cache_of(runner.output).layers]
-        info[name] = {
-            "turbo_config": None if turbo is None else TurboConfig(**turbo).settings(),
-            "image_tokens_to_llm": image_tokens,
-            "prompt_length": inputs["input_ids"].shape[1],
-            "cache_tokens_per_layer": tokens_per_layer,
-            "kv_cache_mb": cache_megabytes(cache_of(runner.output)),
-            "reduced_layers": None if state is None else state.layers,
-        }
-        runners[name] = runner
-    calls = {}
-    for name, runner in runners.items():
-        calls[f"{name}|prefill"] = runner.prefill
-        calls[f"{name}|decode"] = runner.decode
-    medians = interleaved_medians(calls, repeats=repeats, warmup=warmup)
-    for name, runner in runners.items():
-        info[name]["prefill_s"] = medians[f"{name}|prefill"]
-        info[name]["decode_per_token_s"] = medians[f"{name}|decode"] / new_tokens
-        info[name]["prefill_cpu_s"] = statistics.median(runner.cpu["prefill"][warmup:])
-        info[name]["decode_per_token_cpu_s"] = statistics.median(runner.cpu["decode"][warmup:]) / new_tokens
+        inputs, _ = make_inputs(batch, image_tokens)  # same words and pixels for every setting
+        config = None if turbo is None else TurboConfig(**turbo).settings()
+        return variant, inputs, {"turbo_config": config, "image_tokens_to_llm": image_tokens}
 
-        def both(runner=runner):
-            runner.prefill()
-            runner.decode()
-
-        runner.output = None  # the previous cache is freed before the profiled call starts
-
-        info[name]["peak_tensor_mb"] = peak_tensor_megabytes(both)
-    stock = info["stock"]
-    for name, entry in info.items():
-        entry["prefill_speedup"] = stock["prefill_s"] / entry["prefill_s"]
-        entry["decode_speedup"] = stock["decode_per_token_s"] / entry["decode_per_token_s"]
-        entry["prefill_speedup_cpu"] = stock["prefill_cpu_s"] / entry["prefill_cpu_s"]
-        entry["decode_speedup_cpu"] = stock["decode_per_token_cpu_s"] / entry["decode_per_token_cpu_s"]
-        entry["peak_memory_ratio"] = entry["peak_tensor_mb"] / stock["peak_tensor_mb"]
-        entry["kv_cache_ratio"] = entry["kv_cache_mb"] / stock["kv_cache_mb"]
-        # language-model work if it were linear in tokens: token-layers of the stock prefill / of this setting
-        entry["token_layer_limit"] = sum(stock["cache_tokens_per_layer"]) / sum(entry["cache_tokens_per_layer"])
+    info = measure_settings(settings, build, repeats, warmup, new_tokens)
     return {
         "batch": batch,
         "prompt_length": info["stock"]["prompt_length"],
-        "text_tokens": text_counts,
+        "text_tokens": make_inputs(batch, 576)[1],
         "settings": info,
     }
 
@@ -264,7 +159,7 @@ def markdown(result: dict) -> str:
         "",
         "*prefill*: one forward over the prompt and images (`use_cache=True`, `logits_to_keep=1`); *decode*: "
         f"{meta['new_tokens']} greedy steps on that prefill's KV cache, per token. Times are medians of "
-        f"{meta['repeats']} interleaved rounds (`turbo_hf.evaluation.timing.interleaved_medians`, after {meta['warmup']} warm-up "
+        f"{meta['repeats']} interleaved rounds (`turbo_hf.evaluation.llm_reduction_benchmark`, after {meta['warmup']} warm-up "
         "round), wall clock; *CPU*: the same ratio from process CPU time. Ratios are stock / setting (> 1: faster). "
         f"*peak mem*: peak tensor memory allocated during one prefill + {meta['new_tokens']} decoding steps, from the "
         "torch profiler "

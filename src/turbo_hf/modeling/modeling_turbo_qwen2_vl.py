@@ -91,17 +91,21 @@ def _bias_step(turbo) -> LayerStep:
     )
 
 
-class TurboQwen2VLModel(TurboQwenVLModelMixin, TurboHubMixin, Qwen2VLModel):
-    """`Qwen2VLModel` whose language model reduces image tokens inside (`llm_layers`)."""
-
-    config_class = TurboQwen2VLConfig
+class TurboFromConfigMixin:
+    """Applies the `turbo_config` of the model's config when the model is built (as every Turbo class does)."""
 
     def __init__(self, config):
         super().__init__(config)
         apply_turbo_from_config(self)
 
 
-class TurboQwen2VLForConditionalGeneration(TurboHubMixin, Qwen2VLForConditionalGeneration):
+class TurboQwen2VLModel(TurboQwenVLModelMixin, TurboFromConfigMixin, TurboHubMixin, Qwen2VLModel):
+    """`Qwen2VLModel` whose language model reduces image tokens inside (`llm_layers`)."""
+
+    config_class = TurboQwen2VLConfig
+
+
+class TurboQwen2VLForConditionalGeneration(TurboFromConfigMixin, TurboHubMixin, Qwen2VLForConditionalGeneration):
     """`Qwen2VLForConditionalGeneration` with Turbo: image tokens reduced inside the language model.
 
     Example:
@@ -120,29 +124,17 @@ class TurboQwen2VLForConditionalGeneration(TurboHubMixin, Qwen2VLForConditionalG
 
     config_class = TurboQwen2VLConfig
 
-    def __init__(self, config):
-        super().__init__(config)
-        apply_turbo_from_config(self)
 
-
-class TurboQwen2_5_VLModel(TurboQwenVLModelMixin, TurboHubMixin, Qwen2_5_VLModel):
+class TurboQwen2_5_VLModel(TurboQwenVLModelMixin, TurboFromConfigMixin, TurboHubMixin, Qwen2_5_VLModel):
     """`Qwen2_5_VLModel` whose language model reduces image tokens inside (`llm_layers`)."""
 
     config_class = TurboQwen2_5_VLConfig
 
-    def __init__(self, config):
-        super().__init__(config)
-        apply_turbo_from_config(self)
 
-
-class TurboQwen2_5_VLForConditionalGeneration(TurboHubMixin, Qwen2_5_VLForConditionalGeneration):
+class TurboQwen2_5_VLForConditionalGeneration(TurboFromConfigMixin, TurboHubMixin, Qwen2_5_VLForConditionalGeneration):
     """`Qwen2_5_VLForConditionalGeneration` with Turbo: image tokens reduced inside the language model."""
 
     config_class = TurboQwen2_5_VLConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        apply_turbo_from_config(self)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,0 +1,117 @@
+"""The Qwen2-VL benchmark of image-token reduction inside the language model (`scripts/benchmark_vlm_llm.py`).
+
+Random weights at Qwen2-VL-7B's sequence lengths and depth, scaled down in width so the run fits a small CPU:
+
+- vision: patch 14, 2x2 merger, temporal patch 2 (an image of R x R px gives (R/14)^2 patches and (R/28)^2 image
+  tokens: 256 at 448 px, 576 at 672 px), 4 blocks of width 64;
+- language model: 28 layers (like the 7B), hidden 256, 8 heads / 2 key-value heads, intermediate 688, vocabulary
+  1000, mRoPE sections [4, 6, 6] (the 7B's [16, 24, 24] scaled to the head size);
+- prompt: one image then ~40 text tokens (batch 1: 40; batch 2: 36 and 44, left-padded).
+
+A real checkpoint (`checkpoint=`) replaces the random model; its token ids come from its config. Quality cannot be
+measured with random weights: this measures speed, memory and the KV cache only.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+from ..modeling.patching import apply_turbo
+from .llm_reduction_benchmark import measure_settings
+from .tables import markdown_table
+
+IMAGE, VIDEO, START, END = 996, 997, 998, 999
+
+
+def build_qwen2_vl(layers: int, attn: str, checkpoint: str | None = None) -> Qwen2VLForConditionalGeneration:
+    """The scaled-down random Qwen2-VL (or the checkpoint's model), in eval mode."""
+    if checkpoint is not None:
+        return Qwen2VLForConditionalGeneration.from_pretrained(checkpoint, attn_implementation=attn).eval()
+    text = dict(vocab_size=1000, hidden_size=256, intermediate_size=688, num_hidden_layers=layers,
+                num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=1,
+                eos_token_id=2, pad_token_id=0,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]})
+    vision = dict(depth=4, embed_dim=64, hidden_size=256, num_heads=4, mlp_ratio=4, patch_size=14)
+    config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=IMAGE, video_token_id=VIDEO,
+                           vision_start_token_id=START, vision_end_token_id=END)
+    for sub in (config, config.vision_config, config.text_config):
+        sub._attn_implementation = attn
+    torch.manual_seed(0)
+    return Qwen2VLForConditionalGeneration(config).eval()
+
+
+def qwen_prompts(config, batch: int, resolution: int, seed: int = 0) -> dict:
+    """`batch` left-padded prompts of one `resolution` px image and ~40 text tokens each."""
+    vision = config.vision_config
+    side = resolution // vision.patch_size
+    if side % vision.spatial_merge_size:
+        raise ValueError(f"A {resolution} px image gives {side} patches per side; the 2x2 merger needs an even count.")
+    tokens = side * side // vision.spatial_merge_size**2
+    generator = torch.Generator().manual_seed(seed)
+    special = (config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id)
+    high = min(990, *special)  # words below the special tokens
+    texts = [40] if batch == 1 else [36 + (8 * i) // (batch - 1) for i in range(batch)]
+    rows, kinds = [], []
+    for count in texts:
+        words = torch.randint(10, high, (count,), generator=generator).tolist()
+        rows.append([config.vision_start_token_id] + [config.image_token_id] * tokens + [config.vision_end_token_id]
+                    + words)
+        kinds.append([0] + [1] * tokens + [0] * (count + 1))
+    length = max(len(row) for row in rows)
+    pad = [length - len(row) for row in rows]
+    patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+    return {
+        "input_ids": torch.tensor([[0] * p + row for p, row in zip(pad, rows)]),
+        "attention_mask": torch.tensor([[0] * p + [1] * len(row) for p, row in zip(pad, rows)]),
+        "mm_token_type_ids": torch.tensor([[0] * p + kind for p, kind in zip(pad, kinds)]),
+        "pixel_values": torch.randn(batch * side * side, patch_dim, generator=generator),
+        "image_grid_thw": torch.tensor([[1, side, side]] * batch),
+    }
+
+
+def run_qwen2_vl(model, settings, resolutions, batches, repeats, warmup, new_tokens) -> list[dict]:
+    """Every (resolution, batch) measured with `measure_settings`; a patched copy per setting, same weights."""
+    weights = model.state_dict()
+    results = []
+    for resolution in resolutions:
+        for batch in batches:
+            inputs = qwen_prompts(model.config, batch, resolution)
+
+            def build(turbo, inputs=inputs):
+                variant = type(model)(model.config).eval()
+                variant.load_state_dict(weights)
+                if turbo is not None:
+                    apply_turbo(variant, **turbo)
+                image_tokens = int((inputs["input_ids"][0] == model.config.image_token_id).sum())
+                return variant, inputs, {"turbo_config": turbo, "image_tokens_to_llm": image_tokens}
+
+            rows = measure_settings(settings, build, repeats, warmup, new_tokens, positions="mrope")
+            results.append({"resolution": resolution, "batch": batch, "settings": rows})
+    return results
+
+
+def results_markdown(results: list[dict]) -> str:
+    """One table per (resolution, batch): the stock row in absolute values, the others as ratios to it."""
+    parts = []
+    for block in results:
+        rows = []
+        for name, entry in block["settings"].items():
+            cache = entry["cache_tokens_per_layer"]
+            if entry is next(iter(block["settings"].values())):
+                cells = [f"{entry['prefill_s'] * 1000:.0f} ms", "1.00x", f"{entry['decode_per_token_s'] * 1000:.1f} ms",
+                         "1.00x", f"{entry['peak_tensor_mb']:.0f} MB", f"{entry['kv_cache_mb']:.2f} MB"]
+            else:
+                cells = [f"{entry['prefill_speedup']:.2f}x", f"{entry['prefill_speedup_cpu']:.2f}x",
+                         f"{entry['decode_speedup']:.2f}x", f"{entry['decode_speedup_cpu']:.2f}x",
+                         f"{entry['peak_memory_ratio']:.2f}", f"{entry['kv_cache_ratio']:.2f}"]
+            spread = f"{entry['prefill_spread']:.0%} / {entry['decode_spread']:.0%}"
+            rows.append([name, entry["image_tokens_to_llm"], f"{cache[0]} / {cache[-1]}",
+                         f"{entry['token_layer_limit']:.2f}x", *cells, spread])
+        headers = ["setting", "image tokens / image", "cache tokens (layer 0 / last)", "limit", "prefill",
+                   "prefill x (CPU)", "decode / token", "decode x (CPU)", "peak mem", "KV cache", "spread p / d"]
+        parts += [f"## {block['resolution']} px, batch {block['batch']}", "", markdown_table(headers, rows), ""]
+    return "\n".join(parts)
+
+
+__all__ = ["build_qwen2_vl", "qwen_prompts", "results_markdown", "run_qwen2_vl"]
