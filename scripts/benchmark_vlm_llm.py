@@ -20,7 +20,9 @@ import torch
 
 from turbo_hf.evaluation.arguments import comma_type
 from turbo_hf.evaluation.llm_reduction_benchmark import load_warning
-from turbo_hf.evaluation.qwen_llm_benchmark import build_qwen2_vl, results_markdown, run_qwen2_vl
+from turbo_hf.evaluation.qwen_llm_benchmark import (
+    build_qwen2_vl, cost_markdown, cost_split, results_markdown, run_qwen2_vl,
+)
 from turbo_hf.evaluation.report import run_metadata
 from turbo_hf.evaluation.tables import metadata_markdown, save
 
@@ -69,10 +71,21 @@ def main() -> None:
     )
     if meta["load_warning"]:
         notes += f"\n\n**Warning**: {meta['load_warning']}"
+    costs = cost_split(args.resolutions, args.layer, args.keep, None if args.checkpoint is None else model.config)
+    cost_notes = (
+        f"## Where an image's MACs are ({args.checkpoint or 'Qwen2-VL-7B'} shapes)\n\n"
+        "From the real module shapes (`cost_split`: one vision block and one decoder layer on the meta device): the "
+        "vision tower against the language model's layers over the image tokens, and what the reduction before "
+        f"layer {args.layer} saves (text tokens not counted). This decides where Turbo reduces Qwen-VL: keeping a "
+        "quarter, the in-LLM reduction saves more MACs than the whole vision tower costs, keeping half about as "
+        "much; merging inside the tower could save only part of the tower's MACs (it has to keep the 2x2 merger's "
+        "groups and 2.5's windows whole), so it is not built."
+    )
     markdown = "\n\n".join(["# Image tokens reduced inside Qwen2-VL's language model: speed and memory", notes,
-                            results_markdown(results), "## Run", metadata_markdown(meta)])
+                            results_markdown(results), cost_notes, cost_markdown(costs), "## Run",
+                            metadata_markdown(meta)])
     stem = "qwen2_vl_llm_quick" if args.quick else "qwen2_vl_llm"
-    save(args.out, stem, {"metadata": meta, "results": results}, markdown)
+    save(args.out, stem, {"metadata": meta, "results": results, "costs": costs}, markdown)
     print(markdown)
 
 

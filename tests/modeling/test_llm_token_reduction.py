@@ -247,6 +247,14 @@ def test_reduction_changes_the_model_and_shortens_the_caches(weights):
     assert len({tuple(c.flatten().tolist()) for c in chosen.values()}) == 4
 
 
+def test_shares_keep_the_rounded_share_of_each_image(weights):
+    """`llm_keep` floats: 0.375 and 0.15 of LLaVA's 64 tokens per image are 24 and 10 (rounded)."""
+    inputs = encode(stock_model(weights))
+    counts = generate(turbo_model(weights, llm_layers=[1, 3], llm_keep=[24, 10]), inputs)
+    shares = generate(turbo_model(weights, llm_layers=[1, 3], llm_keep=[0.375, 0.15]), inputs)
+    assert torch.equal(shares[0], counts[0]) and torch.equal(shares[1], counts[1])
+
+
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
 def test_merge_runs_batched_equals_one_by_one(weights, cache):
     kw = {"cache_implementation": "static"} if cache == "static" else {}

@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import torch
 from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLDecoderLayer, Qwen2VLVisionBlock
 
+from ..modeling.llm_token_reduction import keep_count
 from ..modeling.patching import apply_turbo
+from ..modeling.schedules import layer_cost
 from .llm_reduction_benchmark import measure_settings
 from .tables import markdown_table
 
 IMAGE, VIDEO, START, END = 996, 997, 998, 999
+# Qwen2-VL-7B's language model (its vision tower is `Qwen2VLVisionConfig`'s default: 32 blocks of width 1280)
+QWEN2_VL_7B_TEXT = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                        num_key_value_heads=4)
 
 
 def build_qwen2_vl(layers: int, attn: str, checkpoint: str | None = None) -> Qwen2VLForConditionalGeneration:
@@ -91,6 +97,51 @@ def run_qwen2_vl(model, settings, resolutions, batches, repeats, warmup, new_tok
     return results
 
 
+def cost_split(resolutions, layer: int, keeps, config=None) -> list[dict]:
+    """Where an image's MACs are: the vision tower against the language model's layers over its image tokens, from
+    the real module shapes (one block and one decoder layer built on the meta device; Qwen2-VL-7B by default), and
+    what a reduction before decoder `layer` keeping each share of `keeps` saves (the text tokens not counted).
+
+    Example:
+
+    ```python
+    >>> from turbo_hf.evaluation.qwen_llm_benchmark import cost_split
+    >>> row = cost_split([448], layer=2, keeps=[0.25])[0]
+    >>> row["image_tokens"], row["llm_saved_gmacs"][0.25] > row["tower_gmacs"]
+    (256, True)
+    ```
+    """
+    config = config or Qwen2VLConfig(text_config=QWEN2_VL_7B_TEXT)
+    vision, text = config.vision_config, config.text_config
+    with torch.device("meta"):
+        tower = layer_cost(Qwen2VLVisionBlock(vision), "attn", "mlp")
+        decoder = layer_cost(Qwen2VLDecoderLayer(text, 0), "self_attn", "mlp")
+    rows = []
+    for resolution in resolutions:
+        patches = (resolution // vision.patch_size) ** 2
+        tokens = patches // vision.spatial_merge_size**2
+        llm = text.num_hidden_layers * decoder.macs(tokens, tokens)
+        saved = {}
+        for keep in keeps:
+            kept = keep_count(keep, tokens)
+            reduced = layer * decoder.macs(tokens, tokens) + (text.num_hidden_layers - layer) * decoder.macs(kept, kept)
+            saved[keep] = (llm - reduced) / 1e9
+        rows.append({"resolution": resolution, "patches": patches, "image_tokens": tokens,
+                     "tower_gmacs": vision.depth * tower.macs(patches, patches) / 1e9, "llm_gmacs": llm / 1e9,
+                     "llm_saved_gmacs": saved})
+    return rows
+
+
+def cost_markdown(rows: list[dict]) -> str:
+    """The `cost_split` rows as a table."""
+    keeps = list(rows[0]["llm_saved_gmacs"])
+    headers = ["resolution", "patches -> image tokens", "vision tower GMACs", "LLM GMACs on image tokens",
+               *[f"saved by keep {keep:g}" for keep in keeps]]
+    table = [[f"{row['resolution']} px", f"{row['patches']} -> {row['image_tokens']}", f"{row['tower_gmacs']:.0f}",
+              f"{row['llm_gmacs']:.0f}", *[f"{row['llm_saved_gmacs'][keep]:.0f}" for keep in keeps]] for row in rows]
+    return markdown_table(headers, table)
+
+
 def results_markdown(results: list[dict]) -> str:
     """One table per (resolution, batch): the stock row in absolute values, the others as ratios to it."""
     parts = []
@@ -114,4 +165,4 @@ def results_markdown(results: list[dict]) -> str:
     return "\n".join(parts)
 
 
-__all__ = ["build_qwen2_vl", "qwen_prompts", "results_markdown", "run_qwen2_vl"]
+__all__ = ["build_qwen2_vl", "cost_markdown", "cost_split", "qwen_prompts", "results_markdown", "run_qwen2_vl"]

@@ -52,6 +52,7 @@ from .llm_token_reduction import (
 from .llm_token_scores import decoder_layer_scores
 
 RUN_KWARG = "turbo_llm_run"
+CACHE_NAMES = ("cache", "past_key_values")  # a caller may use the deprecated name
 REQUEST_ATTRIBUTE = "_turbo_llm_request"
 
 
@@ -266,7 +267,7 @@ class TurboDecoderModelMixin:
         # Overrides transformers.models.qwen2_vl.modeling_qwen2_vl.Qwen2VLTextModel.forward (v5.24): a wrapper
         # Overrides transformers.models.qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VLTextModel.forward (v5.24): a wrapper
         request = self.__dict__.pop(REQUEST_ATTRIBUTE, None)
-        cache = kwargs.get(CACHE_NAME)
+        cache = next((kwargs[name] for name in CACHE_NAMES if kwargs.get(name) is not None), None)
         state = getattr(cache, STATE_ATTRIBUTE, None) if cache is not None else None
         if state is not None and int(cache.get_seq_length()) == 0:  # a reset or reused cache
             delattr(cache, STATE_ATTRIBUTE)
