@@ -25,7 +25,9 @@ from turbo_hf.modeling.modeling_turbo_qwen2_vl import (
     TurboQwen2_5_VLForConditionalGeneration,
     TurboQwen2VLForConditionalGeneration,
 )
-from turbo_hf.testing.tiny_models import QWEN_IMAGE_TOKEN, qwen2_5_vl_config, qwen2_vl_config, qwen_inputs, set_attention
+from turbo_hf.testing.tiny_models import (
+    QWEN_IMAGE_TOKEN, qwen2_5_vl_config, qwen2_vl_config, qwen_inputs, set_attention,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

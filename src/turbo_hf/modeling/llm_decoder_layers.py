@@ -78,7 +78,8 @@ def gather_sequence(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """
     batch, count = index.shape
     if values.dim() < 3 or values.shape[-3] not in (1, batch):
-        raise ValueError(f"Cannot find the batch and sequence dims of a position embedding of shape {tuple(values.shape)}.")
+        shape = tuple(values.shape)
+        raise ValueError(f"Cannot find the batch and sequence dims of a position embedding of shape {shape}.")
     lead = values.shape[:-3]
     values = values.expand(*lead, batch, *values.shape[-2:])
     return values.gather(-2, index[..., None].expand(*lead, batch, count, values.shape[-1]))

@@ -186,32 +186,16 @@ QWEN_ADAPTER = {
     "tokens_for_config": lambda config: NOMINAL_PATCHES,
     "validate": _validate_qwen,  # refuses `r` and impossible `llm_layers`/`llm_keep` inside `apply_turbo`
 }
-register_adapter(
-    FamilyAdapter(
-        name="qwen2_vl",
-        model_classes=(Qwen2VLForConditionalGeneration, Qwen2VLModel),
-        class_map={
-            Qwen2VLForConditionalGeneration: TurboQwen2VLForConditionalGeneration,
-            Qwen2VLModel: TurboQwen2VLModel,
-            **QWEN2_VL_DECODER,
-        },
-        hub_classes={TurboQwen2VLConfig: QWEN2_VL_AUTO_CLASSES},
-        **QWEN_ADAPTER,
-    )
-)
-register_adapter(
-    FamilyAdapter(
-        name="qwen2_5_vl",
-        model_classes=(Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel),
-        class_map={
-            Qwen2_5_VLForConditionalGeneration: TurboQwen2_5_VLForConditionalGeneration,
-            Qwen2_5_VLModel: TurboQwen2_5_VLModel,
-            **QWEN2_5_VL_DECODER,
-        },
-        hub_classes={TurboQwen2_5_VLConfig: QWEN2_5_VL_AUTO_CLASSES},
-        **QWEN_ADAPTER,
-    )
-)
+QWEN2_VL_CLASSES = {Qwen2VLForConditionalGeneration: TurboQwen2VLForConditionalGeneration,
+                    Qwen2VLModel: TurboQwen2VLModel, **QWEN2_VL_DECODER}
+QWEN2_5_VL_CLASSES = {Qwen2_5_VLForConditionalGeneration: TurboQwen2_5_VLForConditionalGeneration,
+                      Qwen2_5_VLModel: TurboQwen2_5_VLModel, **QWEN2_5_VL_DECODER}
+register_adapter(FamilyAdapter(name="qwen2_vl", model_classes=(Qwen2VLForConditionalGeneration, Qwen2VLModel),
+                               class_map=QWEN2_VL_CLASSES, hub_classes={TurboQwen2VLConfig: QWEN2_VL_AUTO_CLASSES},
+                               **QWEN_ADAPTER))
+register_adapter(FamilyAdapter(name="qwen2_5_vl", model_classes=(Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel),
+                               class_map=QWEN2_5_VL_CLASSES,
+                               hub_classes={TurboQwen2_5_VLConfig: QWEN2_5_VL_AUTO_CLASSES}, **QWEN_ADAPTER))
 
 __all__ = [
     "TurboQwen2VLForConditionalGeneration",

@@ -1,7 +1,8 @@
 """Tiny random models of every supported family, built by hand (no Hub access).
 
 `build`/`inputs`/`main_output` serve the vision families of `FAMILIES`; the config factories below them build
-the text encoders, BLIP, BLIP-2, InstructBLIP and LLaVA (`turbo_hf.testing.family_tester` feeds them)."""
+the text encoders, BLIP, BLIP-2, InstructBLIP and LLaVA (`turbo_hf.testing.family_tester` feeds them), and
+Qwen2-VL / Qwen2.5-VL with `qwen_inputs` (their own test file feeds them)."""
 
 from __future__ import annotations
 
@@ -229,7 +230,7 @@ def _qwen_text(layers: int) -> dict:
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]})
 
 
-def _qwen_ids(config) -> dict:
+def _qwen_ids() -> dict:
     return dict(image_token_id=QWEN_IMAGE_TOKEN, video_token_id=QWEN_VIDEO_TOKEN,
                 vision_start_token_id=QWEN_VISION_START, vision_end_token_id=QWEN_VISION_END, pad_token_id=QWEN_PAD)
 
@@ -239,7 +240,8 @@ def qwen2_vl_config(config_class=None, layers: int = 4, **kw):
     from transformers import Qwen2VLConfig
 
     vision = dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2, patch_size=2)
-    return (config_class or Qwen2VLConfig)(text_config=_qwen_text(layers), vision_config=vision, **_qwen_ids(None), **kw)
+    config_class = config_class or Qwen2VLConfig
+    return config_class(text_config=_qwen_text(layers), vision_config=vision, **_qwen_ids(), **kw)
 
 
 def qwen2_5_vl_config(config_class=None, layers: int = 4, **kw):
@@ -248,8 +250,8 @@ def qwen2_5_vl_config(config_class=None, layers: int = 4, **kw):
 
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32, patch_size=2,
                   window_size=8, fullatt_block_indexes=[1])
-    return (config_class or Qwen2_5_VLConfig)(text_config=_qwen_text(layers), vision_config=vision, **_qwen_ids(None),
-                                              **kw)
+    config_class = config_class or Qwen2_5_VLConfig
+    return config_class(text_config=_qwen_text(layers), vision_config=vision, **_qwen_ids(), **kw)
 
 
 def qwen_inputs(grids: list[list[tuple[int, int]]], texts: list[list[int]], seed: int = 0) -> dict:
