@@ -1,4 +1,4 @@
-"""Turbo for Qwen2-VL and Qwen2.5-VL: image tokens reduced inside the language model, on tiny random models fed
+"""Turbo for Qwen2-VL, Qwen2.5-VL and Qwen3-VL: image tokens reduced inside the language model, on tiny random models fed
 `input_ids` + `pixel_values` + `image_grid_thw` directly (no processor), images of different sizes in one batch.
 
 The reference for `reduction="prune"` is the STOCK model run without a cache, greedy, with the removed image tokens
@@ -14,19 +14,22 @@ import sys
 import pytest
 import torch
 import transformers
-from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration, Qwen3VLForConditionalGeneration
 
 from turbo_hf import TurboConfig, apply_turbo, remove_turbo
 from turbo_hf.modeling.compat import cache_of
-from turbo_hf.modeling.configuration_turbo_qwen2_vl import TurboQwen2_5_VLConfig, TurboQwen2VLConfig
-from turbo_hf.modeling.llm_decoders import TurboQwen2_5_VLDecoderLayer, TurboQwen2VLDecoderLayer
+from turbo_hf.modeling.configuration_turbo_qwen2_vl import TurboQwen2_5_VLConfig, TurboQwen2VLConfig, TurboQwen3VLConfig
+from turbo_hf.modeling.llm_decoders import (
+    TurboQwen2_5_VLDecoderLayer, TurboQwen2VLDecoderLayer, TurboQwen3VLTextDecoderLayer,
+)
 from turbo_hf.modeling.llm_token_masks import STATE_ATTRIBUTE
 from turbo_hf.modeling.modeling_turbo_qwen2_vl import (
     TurboQwen2_5_VLForConditionalGeneration,
     TurboQwen2VLForConditionalGeneration,
+    TurboQwen3VLForConditionalGeneration,
 )
 from turbo_hf.testing.tiny_models import (
-    QWEN_IMAGE_TOKEN, qwen2_5_vl_config, qwen2_vl_config, qwen_inputs, set_attention,
+    QWEN_IMAGE_TOKEN, qwen2_5_vl_config, qwen2_vl_config, qwen3_vl_config, qwen_inputs, set_attention,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,6 +40,8 @@ FAMILIES = {
                  TurboQwen2VLForConditionalGeneration, TurboQwen2VLDecoderLayer),
     "qwen2_5_vl": (qwen2_5_vl_config, Qwen2_5_VLForConditionalGeneration, TurboQwen2_5_VLConfig,
                    TurboQwen2_5_VLForConditionalGeneration, TurboQwen2_5_VLDecoderLayer),
+    "qwen3_vl": (qwen3_vl_config, Qwen3VLForConditionalGeneration, TurboQwen3VLConfig,
+                 TurboQwen3VLForConditionalGeneration, TurboQwen3VLTextDecoderLayer),
 }
 GRIDS = [[(4, 4), (2, 4)], [(6, 4)]]  # sample 0: images of 4 and 2 tokens; sample 1: one of 6 tokens
 TEXTS = [[7, 8, 9], [10, 11, 12, 13, 14, 15]]
@@ -155,6 +160,7 @@ REFERENCE_CASES = [
     ("qwen2_vl", "sdpa", {"llm_layers": [1, 3], "llm_keep": [0.5, 0.25]}),
     ("qwen2_vl", "eager", {"llm_layers": [2], "llm_keep": [1], "llm_text_query": "all"}),
     ("qwen2_5_vl", "sdpa", {"llm_layers": [1, 2], "llm_keep": [3, 1], "mode": "semantic"}),
+    ("qwen3_vl", "eager", {"llm_layers": [1, 3], "llm_keep": [0.5, 0.25]}),  # after its deepstack layer 0
 ]
 
 
@@ -255,6 +261,7 @@ def test_turbo_classes_round_trip_with_and_without_the_package(weights, tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REMOTE TurboQwen2VLForConditionalGeneration True" in result.stdout
     assert "REMOTE TurboQwen2_5_VLForConditionalGeneration True" in result.stdout
+    assert "REMOTE TurboQwen3VLForConditionalGeneration True" in result.stdout
 
 
 def test_refused_settings_are_named_early(weights):
@@ -278,3 +285,9 @@ def test_refused_settings_are_named_early(weights):
         model(**video)
     with pytest.raises(ValueError, match="chunked prefill"):
         generate(model, inputs(), prefill_chunk_size=8)
+    # Qwen3-VL adds deepstack features after its first layers: no reduction before they are all in
+    deep = Qwen3VLForConditionalGeneration(qwen3_vl_config())
+    deep.config.vision_config.deepstack_visual_indexes = [0, 1]  # what `validate` reads
+    with pytest.raises(ValueError, match="first 2 decoder layers, so image tokens can be reduced before layer 2"):
+        apply_turbo(deep, llm_layers=[1], llm_keep=[0.5])
+    apply_turbo(deep, llm_layers=[2], llm_keep=[0.5])

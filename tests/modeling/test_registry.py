@@ -23,7 +23,7 @@ from turbo_hf.modeling.registry import (
     registered_adapters,
 )
 
-FAMILIES = {"bert", "blip", "blip_2", "clip", "clip-text", "dinov2", "instructblip", "llava", "qwen2_5_vl", "qwen2_vl", "siglip", "siglip-text", "vit"}
+FAMILIES = {"bert", "blip", "blip_2", "clip", "clip-text", "dinov2", "instructblip", "llava", "qwen2_5_vl", "qwen2_vl", "qwen3_vl", "siglip", "siglip-text", "vit"}
 
 
 def bare(cls: type) -> nn.Module:

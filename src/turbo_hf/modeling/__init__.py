@@ -7,7 +7,7 @@ every Turbo class and config for `from turbo_hf.modeling import ...` (the most u
 
 from .configuration_turbo import TurboConfig
 from .configuration_turbo_llava import TurboLlavaConfig
-from .configuration_turbo_qwen2_vl import TurboQwen2_5_VLConfig, TurboQwen2VLConfig
+from .configuration_turbo_qwen2_vl import TurboQwen2_5_VLConfig, TurboQwen2VLConfig, TurboQwen3VLConfig
 from .modeling_turbo_bert import TurboBertConfig, TurboBertModel
 from .modeling_turbo_blip import (
     TurboBlipConfig,
@@ -45,6 +45,8 @@ from .modeling_turbo_qwen2_vl import (
     TurboQwen2_5_VLModel,
     TurboQwen2VLForConditionalGeneration,
     TurboQwen2VLModel,
+    TurboQwen3VLForConditionalGeneration,
+    TurboQwen3VLModel,
 )
 from .modeling_turbo_siglip import (
     TurboSiglipConfig,
@@ -100,6 +102,9 @@ __all__ = [
     "TurboQwen2_5_VLConfig",
     "TurboQwen2_5_VLForConditionalGeneration",
     "TurboQwen2_5_VLModel",
+    "TurboQwen3VLConfig",
+    "TurboQwen3VLForConditionalGeneration",
+    "TurboQwen3VLModel",
     "TurboSiglipConfig",
     "TurboSiglipForImageClassification",
     "TurboSiglipModel",

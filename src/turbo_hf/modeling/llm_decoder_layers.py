@@ -267,6 +267,7 @@ class TurboDecoderModelMixin:
         # Overrides transformers.models.llama.modeling_llama.LlamaModel.forward (v5.24): a wrapper
         # Overrides transformers.models.qwen2_vl.modeling_qwen2_vl.Qwen2VLTextModel.forward (v5.24): a wrapper
         # Overrides transformers.models.qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VLTextModel.forward (v5.24): a wrapper
+        # Overrides transformers.models.qwen3_vl.modeling_qwen3_vl.Qwen3VLTextModel.forward (v5.24): a wrapper
         request = self.__dict__.pop(REQUEST_ATTRIBUTE, None)
         cache = next((kwargs[name] for name in CACHE_NAMES if kwargs.get(name) is not None), None)
         state = getattr(cache, STATE_ATTRIBUTE, None) if cache is not None else None
@@ -290,6 +291,7 @@ class TurboDecoderLayerMixin:
         # Overrides transformers.models.llama.modeling_llama.LlamaDecoderLayer.forward (v5.24): a wrapper
         # Overrides transformers.models.qwen2_vl.modeling_qwen2_vl.Qwen2VLDecoderLayer.forward (v5.24): a wrapper
         # Overrides transformers.models.qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VLDecoderLayer.forward (v5.24): a wrapper
+        # Overrides transformers.models.qwen3_vl.modeling_qwen3_vl.Qwen3VLTextDecoderLayer.forward (v5.24): a wrapper
         run = kwargs.pop(RUN_KWARG, None)
         if run is not None:
             if args:

@@ -1,5 +1,6 @@
-"""Turbo for Qwen2-VL and Qwen2.5-VL (`Qwen2VLForConditionalGeneration`, `Qwen2_5_VLForConditionalGeneration` and
-their `...Model`): image tokens reduced inside the language model (`llm_layers`, `llm_keep`, `llm_text_query`).
+"""Turbo for Qwen2-VL, Qwen2.5-VL and Qwen3-VL (`Qwen2VLForConditionalGeneration`,
+`Qwen2_5_VLForConditionalGeneration`, `Qwen3VLForConditionalGeneration` and their `...Model`): image tokens
+reduced inside the language model (`llm_layers`, `llm_keep`, `llm_text_query`).
 
 What changes against the stock model, only when `llm_layers` is set: before each decoder layer `K` of `llm_layers`
 every image keeps `llm_keep` of its tokens (a count, or a share of its own token count: Qwen images have as many
@@ -9,6 +10,9 @@ unchanged (`llm_decoder_layers.py` wraps the text model and its decoder layers);
 stock `get_rope_index` ones, computed on the full prompt and gathered for the kept tokens, so each kept token keeps
 its (t, h, w) position and `rope_deltas` (kept on the model by the stock code) stay right for the generated tokens:
 their positions are the stock ones. Left-padded batched `generate()`, DynamicCache and StaticCache as for LLaVA.
+
+Qwen3-VL adds its deepstack image features to the full-length hidden states after its first decoder layers (one per
+`deepstack_visual_indexes` entry): reductions start at that layer or later (refused earlier, at `apply_turbo`).
 
 Not done here: merging inside the vision tower (2-D RoPE, windowed attention in 2.5, the 2x2 patch merger that
 needs the full grid): `r` and `flops_ratio` are refused. Videos with `llm_layers` are refused (only image tokens
@@ -22,12 +26,13 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
     Qwen2_5_VLModel,
 )
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLForConditionalGeneration, Qwen2VLModel
+from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLForConditionalGeneration, Qwen3VLModel
 
 from .configuration_turbo import as_turbo_config
-from .configuration_turbo_qwen2_vl import TurboQwen2_5_VLConfig, TurboQwen2VLConfig
+from .configuration_turbo_qwen2_vl import TurboQwen2_5_VLConfig, TurboQwen2VLConfig, TurboQwen3VLConfig
 from .hub_export import TurboHubMixin
 from .llm_decoder_layers import check_llm_reduction, llm_reduction_request
-from .llm_decoders import QWEN2_5_VL_DECODER, QWEN2_VL_DECODER, supported_decoders
+from .llm_decoders import QWEN2_5_VL_DECODER, QWEN2_VL_DECODER, QWEN3_VL_DECODER, supported_decoders
 from .llm_token_reduction import LLMReductionRequest, split_image_counts
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
@@ -42,6 +47,7 @@ class TurboQwenVLModelMixin:
     def forward(self, *args, **kwargs):
         # Overrides transformers.models.qwen2_vl.modeling_qwen2_vl.Qwen2VLModel.forward (v5.24): a wrapper
         # Overrides transformers.models.qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VLModel.forward (v5.24): a wrapper
+        # Overrides transformers.models.qwen3_vl.modeling_qwen3_vl.Qwen3VLModel.forward (v5.24): a wrapper
         request = self._llm_request(args[0] if args else kwargs.get("input_ids"), kwargs)
         with llm_reduction_request(self.language_model, request):
             return super().forward(*args, **kwargs)
@@ -137,12 +143,26 @@ class TurboQwen2_5_VLForConditionalGeneration(TurboFromConfigMixin, TurboHubMixi
     config_class = TurboQwen2_5_VLConfig
 
 
+class TurboQwen3VLModel(TurboQwenVLModelMixin, TurboFromConfigMixin, TurboHubMixin, Qwen3VLModel):
+    """`Qwen3VLModel` whose language model reduces image tokens inside (`llm_layers` after its deepstack layers)."""
+
+    config_class = TurboQwen3VLConfig
+
+
+class TurboQwen3VLForConditionalGeneration(TurboFromConfigMixin, TurboHubMixin, Qwen3VLForConditionalGeneration):
+    """`Qwen3VLForConditionalGeneration` with Turbo: image tokens reduced inside the language model."""
+
+    config_class = TurboQwen3VLConfig
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Registration
 # ----------------------------------------------------------------------------------------------------------
 
 
-GENERATION_CLASSES = (Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration)
+GENERATION_CLASSES = (
+    Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration,
+)
 
 
 def _qwen_models(model) -> list:
@@ -157,8 +177,16 @@ def _validate_qwen(model, config) -> None:
             "`llm_keep`); merging inside its vision tower (`r`, `flops_ratio`) is not supported (2-D RoPE over the "
             "full grid, windowed attention in 2.5, the 2x2 patch merger). Use r=0."
         )
-    decoders = supported_decoders({**QWEN2_VL_DECODER, **QWEN2_5_VL_DECODER})
-    check_llm_reduction(_qwen_models(model)[0].language_model, config, decoders)
+    inner = _qwen_models(model)[0]
+    decoders = supported_decoders({**QWEN2_VL_DECODER, **QWEN2_5_VL_DECODER, **QWEN3_VL_DECODER})
+    check_llm_reduction(inner.language_model, config, decoders)
+    deepstack = len(getattr(inner.config.vision_config, "deepstack_visual_indexes", None) or [])
+    if config.reduces_llm_tokens and config.llm_layers[0] < deepstack:
+        raise ValueError(
+            f"`llm_layers={config.llm_layers}`: Qwen3-VL adds its deepstack image features to the full-length hidden "
+            f"states after each of its first {deepstack} decoder layers, so image tokens can be reduced before layer "
+            f"{deepstack} or later only."
+        )
 
 
 QWEN2_VL_AUTO_CLASSES = {
@@ -173,6 +201,12 @@ TurboQwen2VLForConditionalGeneration.turbo_auto_classes = QWEN2_VL_AUTO_CLASSES
 TurboQwen2VLModel.turbo_auto_classes = QWEN2_VL_AUTO_CLASSES
 TurboQwen2_5_VLForConditionalGeneration.turbo_auto_classes = QWEN2_5_VL_AUTO_CLASSES
 TurboQwen2_5_VLModel.turbo_auto_classes = QWEN2_5_VL_AUTO_CLASSES
+QWEN3_VL_AUTO_CLASSES = {
+    "AutoModelForImageTextToText": TurboQwen3VLForConditionalGeneration,
+    "AutoModel": TurboQwen3VLModel,
+}
+TurboQwen3VLForConditionalGeneration.turbo_auto_classes = QWEN3_VL_AUTO_CLASSES
+TurboQwen3VLModel.turbo_auto_classes = QWEN3_VL_AUTO_CLASSES
 
 # what both families share: the vision blocks only give `turbo_plan` its layer cost (nothing merges there)
 QWEN_ADAPTER = {
@@ -196,10 +230,17 @@ register_adapter(FamilyAdapter(name="qwen2_vl", model_classes=(Qwen2VLForConditi
 register_adapter(FamilyAdapter(name="qwen2_5_vl", model_classes=(Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel),
                                class_map=QWEN2_5_VL_CLASSES,
                                hub_classes={TurboQwen2_5_VLConfig: QWEN2_5_VL_AUTO_CLASSES}, **QWEN_ADAPTER))
+QWEN3_VL_CLASSES = {Qwen3VLForConditionalGeneration: TurboQwen3VLForConditionalGeneration,
+                    Qwen3VLModel: TurboQwen3VLModel, **QWEN3_VL_DECODER}
+register_adapter(FamilyAdapter(name="qwen3_vl", model_classes=(Qwen3VLForConditionalGeneration, Qwen3VLModel),
+                               class_map=QWEN3_VL_CLASSES, hub_classes={TurboQwen3VLConfig: QWEN3_VL_AUTO_CLASSES},
+                               **QWEN_ADAPTER))
 
 __all__ = [
     "TurboQwen2VLForConditionalGeneration",
     "TurboQwen2VLModel",
     "TurboQwen2_5_VLForConditionalGeneration",
     "TurboQwen2_5_VLModel",
+    "TurboQwen3VLForConditionalGeneration",
+    "TurboQwen3VLModel",
 ]

@@ -289,3 +289,16 @@ def qwen_inputs(grids: list[list[tuple[int, int]]], texts: list[list[int]], seed
         pixel_values=torch.randn(patches, QWEN_PATCH_DIM, generator=generator),
         image_grid_thw=grid,
     )
+
+
+def qwen3_vl_config(config_class=None, layers: int = 4, **kw):
+    """Qwen3-VL: a 2-block tower (patch 2, 2x2 merger, deepstack features of block 0 added after decoder layer 0)
+    and a Qwen3 decoder (q/k norms, interleaved mRoPE)."""
+    from transformers import Qwen3VLConfig
+
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32, patch_size=2,
+                  num_position_embeddings=16, deepstack_visual_indexes=[0])
+    text = dict(_qwen_text(layers), head_dim=8)
+    text["rope_parameters"] = dict(text["rope_parameters"], mrope_interleaved=True)
+    config_class = config_class or Qwen3VLConfig
+    return config_class(text_config=text, vision_config=vision, **_qwen_ids(), **kw)

@@ -158,20 +158,22 @@ OVERRIDES: tuple[Override, ...] = tuple(
             Override("turbo_hf.modeling.llm_decoder_layers.TurboDecoderModelMixin.forward",
                      f"transformers.models.{path}.forward")
             for path in ("llama.modeling_llama.LlamaModel", "qwen2_vl.modeling_qwen2_vl.Qwen2VLTextModel",
-                         "qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VLTextModel")
+                         "qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VLTextModel", "qwen3_vl.modeling_qwen3_vl.Qwen3VLTextModel")
         ),
         # (GradientCheckpointingLayer also gives each decoder-layer subclass its own `forward`: listed per class)
         *(
             Override(ours, f"transformers.models.{path}.forward")
             for path in ("llama.modeling_llama.LlamaDecoderLayer", "qwen2_vl.modeling_qwen2_vl.Qwen2VLDecoderLayer",
-                         "qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VLDecoderLayer")
+                         "qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VLDecoderLayer",
+                         "qwen3_vl.modeling_qwen3_vl.Qwen3VLTextDecoderLayer")
             for ours in ("turbo_hf.modeling.llm_decoder_layers.TurboDecoderLayerMixin.forward",
                          f"turbo_hf.modeling.llm_decoders.Turbo{path.rsplit('.', 1)[1]}.forward")
         ),
         *(
             Override("turbo_hf.modeling.modeling_turbo_qwen2_vl.TurboQwenVLModelMixin.forward",
                      f"transformers.models.{path}.forward")
-            for path in ("qwen2_vl.modeling_qwen2_vl.Qwen2VLModel", "qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VLModel")
+            for path in ("qwen2_vl.modeling_qwen2_vl.Qwen2VLModel", "qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VLModel",
+                         "qwen3_vl.modeling_qwen3_vl.Qwen3VLModel")
         ),
     ]
 )
