@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 
 from turbo_hf.evaluation.arguments import comma_type
-from turbo_hf.evaluation.llm_benchmark import llava_shaped_model, run_batch
-from turbo_hf.evaluation.llm_report import llm_markdown
+from turbo_hf.evaluation.llava_llm_benchmark import llava_shaped_model, run_batch
+from turbo_hf.evaluation.llava_llm_report import llm_markdown
 from turbo_hf.evaluation.report import run_metadata
 from turbo_hf.evaluation.tables import save
 

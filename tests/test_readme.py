@@ -1,9 +1,9 @@
 """The README as a user reads it: every Python snippet runs, every public name is documented, and the first
 command installs what its outputs need.
 
-The snippets load `facebook/dinov2-small` from the Hub; the tests have no Hub access, so they run with that id
-replaced by a tiny local DINOv2 folder (a stock checkpoint with its image processor, built here): the only change
-made to the code as written.
+The snippets load `facebook/dinov2-small` and `stable-diffusion-v1-5/stable-diffusion-v1-5` from the Hub; the tests
+have no Hub access, so they run with those ids replaced by tiny local folders (a stock DINOv2 checkpoint with its
+image processor, a tiny random Stable Diffusion pipeline, built here): the only change made to the code as written.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import turbo_hf
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 HUB_ID = "facebook/dinov2-small"
+SD_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,12 +37,16 @@ def test_every_python_snippet_runs_in_order(tmp_path, monkeypatch):
     Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                              image_size=518, patch_size=14)).save_pretrained(stock)
     BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}).save_pretrained(stock)
+    from turbo_hf.testing.tiny_diffusion import tiny_pipeline
+
+    tiny_pipeline().save_pretrained(tmp_path / "sd")
     monkeypatch.chdir(tmp_path)
     snippets = python_snippets()
     assert len(snippets) >= 3 and all(HUB_ID in snippets[i] for i in (0, 1))
     namespace: dict = {}
     for index, snippet in enumerate(snippets):
-        code = compile(snippet.replace(HUB_ID, str(stock)), f"README.md python snippet {index + 1}", "exec")
+        snippet = snippet.replace(HUB_ID, str(stock)).replace(SD_ID, str(tmp_path / "sd"))
+        code = compile(snippet, f"README.md python snippet {index + 1}", "exec")
         exec(code, namespace)  # noqa: S102 - the README's own code
     assert namespace["features"].shape == (2, 32)
     assert (tmp_path / "dinov2-small-turbo" / "preprocessor_config.json").exists()

@@ -17,9 +17,12 @@ from test_modeling_turbo_llava import IMAGE_TOKEN_ID, PROMPTS, images, llava_con
 from turbo_hf import TurboConfig, apply_turbo, remove_turbo, turbo
 from turbo_hf.modeling.compat import cache_of
 from turbo_hf.modeling.modeling_turbo_llava import TurboLlavaConfig, TurboLlavaForConditionalGeneration
-from turbo_hf.modeling.llm_token_reduction_llama import TurboLlamaModel, llama_reduction_scores
+from turbo_hf.modeling.llm_decoders import TurboLlamaDecoderLayer, TurboLlamaModel
 from turbo_hf.modeling.llm_token_masks import STATE_ATTRIBUTE, gather_mask, stage_key_columns
-from turbo_hf.modeling.llm_token_reduction import ReductionSettings, gather_tokens, reduce_group_tokens, reduce_image_tokens
+from turbo_hf.modeling.llm_token_reduction import (
+    ReductionSettings, gather_tokens, keep_count, reduce_group_tokens, reduce_image_tokens,
+)
+from turbo_hf.modeling.llm_token_scores import decoder_layer_scores
 from turbo_hf.modeling.processing_turbo_llava import TurboLlavaProcessor
 
 NEW_TOKENS = 5
@@ -77,7 +80,7 @@ def generate(model, inputs, **kw):
 def masked_reference(model, inputs, new_tokens=NEW_TOKENS):
     """Greedy decoding without a cache; removed image tokens are masked out (key columns) in the layers >= K.
 
-    The selection at each K is the library's (`llama_reduction_scores` + `reduce_image_tokens`) on the tokens still
+    The selection at each K is the library's (`decoder_layer_scores` + `reduce_image_tokens`) on the tokens still
     active, computed once on the prompt. Returns the new ids, the logits of each step and the prompt's logits.
     """
     llava = model.model
@@ -109,16 +112,20 @@ def masked_reference(model, inputs, new_tokens=NEW_TOKENS):
                         sub_allowed = gather_mask(allowed[:, None], rows, rows)[:, 0]
                         sub_image = is_image.gather(1, rows)
                         sub = [gather_tokens(t, rows) for t in (hidden, cos, sin)]
-                        metric, semantic = llama_reduction_scores(
+                        metric, semantic = decoder_layer_scores(
                             layer, *sub, sub_allowed, None, sub_image, turbo.llm_text_query, settings.needs_semantic
                         )
                         ones = torch.ones(batch, rows.shape[1], 1)
+                        counts = [[per_image] * (int(n) // per_image) for n in sub_image.sum(dim=1)]
+                        keep = keep_count(stages[idx], first_count)
+                        alive = torch.ones_like(sub_image)
+                        keeps = [[keep] * len(c) for c in counts]
                         result = reduce_image_tokens(
-                            sub[0], ones, sub_image, per_image, metric, semantic, stages[idx], settings, idx
+                            sub[0], ones, sub_image, alive, counts, keeps, metric, semantic, settings, idx
                         )
                         kept = rows.gather(1, result.keep_positions)
                         active[idx] = torch.zeros(batch, length, dtype=torch.bool).scatter(1, kept, True)
-                        per_image = stages[idx]
+                        per_image = keep
                     extra = torch.ones(batch, length - prompt, dtype=torch.bool)
                     current = torch.cat([active[idx], extra], dim=1)
                 layer_allowed = (allowed & current[:, None, :])[:, None]
@@ -156,6 +163,7 @@ def test_off_is_todays_model(weights, settings):
         reference_logits, reference_ids = today(**inputs).logits.detach(), generate(today, inputs)[0]
     model = turbo_model(weights, **settings)
     assert type(model.model.language_model) is TurboLlamaModel
+    assert {type(layer) for layer in model.model.language_model.layers} == {TurboLlamaDecoderLayer}
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, reference_logits)
     assert torch.equal(generate(model, inputs)[0], reference_ids)
@@ -239,6 +247,14 @@ def test_reduction_changes_the_model_and_shortens_the_caches(weights):
     assert len({tuple(c.flatten().tolist()) for c in chosen.values()}) == 4
 
 
+def test_shares_keep_the_rounded_share_of_each_image(weights):
+    """`llm_keep` floats: 0.375 and 0.15 of LLaVA's 64 tokens per image are 24 and 10 (rounded)."""
+    inputs = encode(stock_model(weights))
+    counts = generate(turbo_model(weights, llm_layers=[1, 3], llm_keep=[24, 10]), inputs)
+    shares = generate(turbo_model(weights, llm_layers=[1, 3], llm_keep=[0.375, 0.15]), inputs)
+    assert torch.equal(shares[0], counts[0]) and torch.equal(shares[1], counts[1])
+
+
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
 def test_merge_runs_batched_equals_one_by_one(weights, cache):
     kw = {"cache_implementation": "static"} if cache == "static" else {}
@@ -303,6 +319,7 @@ def test_language_model_settings_go_through_the_one_patch_path(weights):
 
     assert apply_turbo(model, TurboConfig(llm_layers=[2], llm_keep=[12])) is model
     assert type(model.model.language_model) is TurboLlamaModel
+    assert {type(layer) for layer in model.model.language_model.layers} == {TurboLlamaDecoderLayer}
     with torch.no_grad():
         reduced = model(**inputs).logits
     assert not torch.allclose(reduced[:, -1], stock_logits[:, -1], atol=1e-3)  # 52 of 64 image tokens left
@@ -351,8 +368,8 @@ def test_turbo_class_round_trip(weights, tmp_path):
 
     # the folder carries the LLaVA files, the CLIP tower's and the core: no other family's
     code = {path.name for path in folder.glob("*.py")}
-    assert {"modeling_turbo_llava.py", "llm_token_reduction_llama.py", "llm_token_reduction.py",
-            "llm_token_masks.py", "modeling_turbo_clip.py"} <= code
+    assert {"modeling_turbo_llava.py", "llm_decoder_layers.py", "llm_decoders.py", "llm_token_reduction.py",
+            "llm_token_scores.py", "llm_token_masks.py", "modeling_turbo_clip.py"} <= code
     assert {name for name in code if name.startswith("modeling_turbo_")} == {"modeling_turbo_llava.py",
                                                                               "modeling_turbo_clip.py"}
     assert not [name for name in code if any(other in name for other in ("blip", "siglip", "bert", "vit", "dino"))]
@@ -396,7 +413,7 @@ def test_impossible_settings_are_refused(weights):
     text.update(model_type="mistral", sliding_window=None)
     mistral.text_config = MistralConfig(**{k: v for k, v in text.items() if k != "model_type"})
     mistral.turbo_config = TurboConfig(llm_layers=[1], llm_keep=[8])
-    with pytest.raises(ValueError, match="supports Llama-style decoders.*MistralModel"):
+    with pytest.raises(ValueError, match=r"supports the decoders \['LlamaModel'\].*MistralModel"):
         TurboLlavaForConditionalGeneration(mistral)
 
     # chunked prefill would split the prompt the text queries come from

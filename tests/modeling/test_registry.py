@@ -25,7 +25,7 @@ from turbo_hf.modeling.registry import (
 
 FAMILIES = {"bert", "blip", "blip_2", "clip", "clip-text", "dinov2", "instructblip", "llava", "siglip", "siglip-text", "unet",
             "vit"}
-FAMILIES |= {"llava_next", "llava_next_video", "llava_onevision"}
+FAMILIES |= {"llava_next", "llava_next_video", "llava_onevision", "qwen2_5_vl", "qwen2_vl", "qwen3_vl"}
 
 
 def bare(cls: type) -> nn.Module:

@@ -46,7 +46,7 @@ def test_a_removed_private_helper_names_its_user(monkeypatch):
     problems = check_upstream()
     assert problems == [
         f"transformers.models.llama.modeling_llama.repeat_kv is gone in transformers {transformers.__version__}: "
-        "re-check turbo_hf.modeling.llm_token_reduction_llama.llama_reduction_scores."
+        "re-check turbo_hf.modeling.llm_token_scores.decoder_layer_scores."
     ]
 
 

@@ -7,6 +7,7 @@ every Turbo class and config for `from turbo_hf.modeling import ...` (the most u
 
 from .configuration_turbo import TurboConfig
 from .configuration_turbo_llava import TurboLlavaConfig
+from .configuration_turbo_qwen2_vl import TurboQwen2_5_VLConfig, TurboQwen2VLConfig, TurboQwen3VLConfig
 from .modeling_turbo_bert import TurboBertConfig, TurboBertModel
 from .modeling_turbo_blip import (
     TurboBlipConfig,
@@ -39,6 +40,14 @@ from .modeling_turbo_instructblip import (
     TurboInstructBlipVisionModel,
 )
 from .modeling_turbo_llava import TurboLlavaForConditionalGeneration, TurboLlavaModel
+from .modeling_turbo_qwen2_vl import (
+    TurboQwen2_5_VLForConditionalGeneration,
+    TurboQwen2_5_VLModel,
+    TurboQwen2VLForConditionalGeneration,
+    TurboQwen2VLModel,
+    TurboQwen3VLForConditionalGeneration,
+    TurboQwen3VLModel,
+)
 from .modeling_turbo_siglip import (
     TurboSiglipConfig,
     TurboSiglipForImageClassification,
@@ -109,6 +118,15 @@ __all__ = [
     "TurboLlavaOnevisionForConditionalGeneration",
     "TurboLlavaOnevisionModel",
     "TurboLlavaProcessor",
+    "TurboQwen2VLConfig",
+    "TurboQwen2VLForConditionalGeneration",
+    "TurboQwen2VLModel",
+    "TurboQwen2_5_VLConfig",
+    "TurboQwen2_5_VLForConditionalGeneration",
+    "TurboQwen2_5_VLModel",
+    "TurboQwen3VLConfig",
+    "TurboQwen3VLForConditionalGeneration",
+    "TurboQwen3VLModel",
     "TurboSiglipConfig",
     "TurboSiglipForImageClassification",
     "TurboSiglipModel",

@@ -163,8 +163,11 @@ class TurboConfig(PreTrainedConfig):
         llm_layers (`int` or `list[int]`, *optional*):
             Vision-language models with a language model (LLaVA): the decoder layers (K >= 1) before which
             image tokens are reduced inside the language model. Off (None) by default.
-        llm_keep (`int` or `list[int]`, *optional*):
-            Image tokens per image that stay after each of `llm_layers` (one count per layer, non-increasing).
+        llm_keep (`int`, `float` or a list of them, *optional*):
+            What each image keeps after each of `llm_layers` (one entry per layer, non-increasing, all ints or all
+            floats): an int is a token count per image (an image with fewer tokens keeps all of them), a float in
+            (0, 1) the share of each image's tokens (rounded, at least 1), for images whose token counts differ
+            (Qwen2-VL).
         llm_text_query (`str`, defaults to `"last"`):
             Which text tokens give the semantic value of the image tokens inside the language model: the
             `"last"` token of the prompt, or `"all"` text tokens (their attention rows averaged).
@@ -227,7 +230,7 @@ class TurboConfig(PreTrainedConfig):
     restore_output: bool = False
     seed: int = 0
     llm_layers: int | list[int] | None = None
-    llm_keep: int | list[int] | None = None
+    llm_keep: int | float | list[int] | list[float] | None = None
     llm_text_query: str = "last"
     token_order: str = "spatial"
     text_r: int | list[int] | None = None
@@ -288,14 +291,25 @@ class TurboConfig(PreTrainedConfig):
         if layers is None or keep is None:
             raise ValueError("`llm_layers` and `llm_keep` go together: give both or neither.")
         layers = [layers] if isinstance(layers, int) and not isinstance(layers, bool) else list(layers)
-        keep = [keep] if isinstance(keep, int) and not isinstance(keep, bool) else list(keep)
+        keep = [keep] if isinstance(keep, (int, float)) and not isinstance(keep, bool) else list(keep)
         for value in layers:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`llm_layers` must hold decoder layer indices >= 1, got {self.llm_layers!r}.")
         if layers != sorted(set(layers)):
             raise ValueError(f"`llm_layers` must be strictly increasing, got {self.llm_layers!r}.")
-        for value in keep:
-            _non_negative_int("llm_keep", value)
+        kinds = {type(value) for value in keep}
+        if kinds == {float}:
+            for value in keep:
+                if not 0 < value < 1:
+                    raise ValueError(f"`llm_keep` shares must be floats in (0, 1), got {value!r} in {keep!r}.")
+        elif kinds == {int}:
+            for value in keep:
+                _non_negative_int("llm_keep", value)
+        else:
+            raise ValueError(
+                "`llm_keep` entries are all token counts per image (ints >= 0) or all shares of each image's tokens "
+                f"(floats in (0, 1)), got {keep!r}."
+            )
         if len(keep) != len(layers):
             raise ValueError(f"`llm_keep` needs one count per entry of `llm_layers`: {keep!r} for {layers!r}.")
         if keep != sorted(keep, reverse=True):

@@ -4,9 +4,9 @@ Model-agnostic (any full-causal decoder whose masks come from `transformers.mask
 
 - `image_bias_mask`: the stock causal + padding mask plus a per-key bias (`log(size)` of merged image tokens), with
   the bias of every token seen so far kept on the KV cache object (`CACHE_BIAS_ATTRIBUTE`) for later decoding steps.
-- `FullMask`, `gather_mask`, `stage_key_columns`, `ReducedCacheState`: the masks of the layers after an in-LLM
-  reduction (`llm_token_reduction.py`) are the kept rows and columns of the full-length mask, so causality and
-  padding stay exactly as they were; `ReducedCacheState` maps each slot of a shorter cache to a full column.
+- `gather_mask`, `stage_key_columns`, `ReducedCacheState`: the masks of the layers after an in-LLM reduction
+  (`llm_decoder_layers.py`) are the kept rows and columns of the full-length mask, so causality and padding stay
+  exactly as they were; `ReducedCacheState` maps each slot of a shorter cache to a full column.
 - `check_full_attention`: the attention kernels and layer types these masks work with.
 """
 
@@ -170,36 +170,6 @@ def image_bias_mask(
     return add_key_bias(base, bias, inputs_embeds.dtype), key_bias
 
 
-class FullMask:
-    """The full-length causal + padding mask of one forward as bool (B, 1, Q, KV) (call the object to get it).
-
-    It is the layer-0 mask (`causal_mask`) when that is materialized, else (SDPA's `is_causal` shortcut) the same
-    mask built without the shortcut; built before any layer updates the cache (its sizes come from the cache), and
-    only when `build` is True (a decoding step whose reduced layers all take the shortcut too needs none). The
-    other arguments are those of `full_causal_mask`, and `causal_mask` the layer-0 mask (None under the shortcut).
-    """
-
-    def __init__(self, config, inputs_embeds, attention_mask, past_key_values, position_ids, causal_mask, build: bool):
-        self.allowed = None
-        if causal_mask is not None:
-            self.allowed = allowed_from_mask(causal_mask)
-        elif build:
-            mask = full_causal_mask(config, inputs_embeds, attention_mask, past_key_values, position_ids)
-            self.allowed = allowed_from_mask(mask)
-        if self.allowed is not None:
-            self.length = self.allowed.shape[-1]
-        elif past_key_values is not None:
-            layer = find_first_full_attention_index(past_key_values)
-            self.length = int(past_key_values.get_mask_sizes(inputs_embeds.shape[1], layer)[0])
-        else:
-            self.length = inputs_embeds.shape[1]
-
-    def __call__(self) -> torch.Tensor:
-        if self.allowed is None:
-            raise RuntimeError("The full-length mask was not built for this forward.")
-        return self.allowed
-
-
 def stage_key_columns(
     kept_columns: torch.Tensor, prefill_length: int, kv_length: int, full_kv_length: int
 ) -> torch.Tensor:
@@ -231,7 +201,6 @@ def gather_mask(allowed: torch.Tensor, rows: torch.Tensor | None, columns: torch
 
 __all__ = [
     "CACHE_BIAS_ATTRIBUTE",
-    "FullMask",
     "MASK_IMPLEMENTATIONS",
     "ReducedCacheState",
     "STATE_ATTRIBUTE",

@@ -1,10 +1,10 @@
 """Reducing image tokens INSIDE a decoder-only language model (FastV-style placement, Turbo's scoring).
 
-Model-agnostic pieces; a language model's forward (`llm_token_reduction_llama.py` for Llama) computes the per-layer
-keys and text-query attention rows and calls these, with the masks of `llm_token_masks.py`. The settings are
-`TurboConfig.llm_layers`, `llm_keep` and `llm_text_query`, with the shared `mode`, `alpha`, `alpha_scale`,
-`reduction` and `seed`. Shapes: `B` batch, `L` tokens in the current sequence, `G` images per sample, `n` tokens per
-image, `KV` key/value columns of a layer's cache.
+Model-agnostic pieces: `llm_decoder_layers.py` runs them inside the stock decoder loop of any language model that
+follows Transformers' decoder-layer conventions, with the scores of `llm_token_scores.py` and the masks of
+`llm_token_masks.py`. The settings are `TurboConfig.llm_layers`, `llm_keep` and `llm_text_query`, with the shared
+`mode`, `alpha`, `alpha_scale`, `reduction` and `seed`. Shapes: `B` batch, `L` tokens in the current sequence,
+`n` tokens of one image (images may differ: Qwen2-VL's grids), `KV` key/value columns of a layer's cache.
 
 How the language model runs with a reduction before decoder layer `K` (the design these functions serve):
 
@@ -12,16 +12,19 @@ How the language model runs with a reduction before decoder layer `K` (the desig
   tokens' keys at layer `K`, semantic value `A` = attention the text tokens pay to each image token), in repeated
   bipartite rounds that each remove at most a quarter of the tokens (one round can only remove tokens of one half of
   the split, so bigger rounds would choose by position, not by score). `reduction="merge"` averages a removed token
-  into its partner (weighted by size), `"prune"` drops it.
-- Sequence: removed tokens leave the hidden states of layers >= K; every kept token keeps its ORIGINAL position id
-  (its RoPE rotation), a merged token the position of the token it merged into.
+  into its partner (weighted by size), `"prune"` drops it. Images with the same token count and keep count are
+  reduced together; a row's result never depends on the other rows.
+- Sequence: removed tokens leave the hidden states of layers >= K; every kept token keeps its ORIGINAL position
+  (its rotary embedding, 1-D or Qwen's 3-D mRoPE, is gathered, not recomputed), a merged token the position of the
+  token it merged into. Samples that keep fewer tokens than the longest one are filled on the left with dead slots
+  (`keep_positions == -1`): masked as keys, never read back.
 - Cache: layers >= K store only the kept tokens (plus every later token), so their caches are shorter than the
   first layers'. `ReducedCacheState` (kept on the cache object) maps each slot of such a layer's cache to a column of
   the full-length cache (`stage_key_columns`; both in `llm_token_masks.py`).
-- Masks: the full-length mask (causal + padding, as the model builds it for layer 0) is built once per call; the
-  mask of layers >= K is its kept rows and columns (`gather_mask`), so causality and padding stay exactly as they
-  were. Under proportional attention a merged token's `log(size)` (vision sizes times LLM merges) is its key bias in
-  every later layer (`LayerStep.attention_bias` of the request's `bias_step`), prefill and decoding.
+- Masks: the mask of layers >= K is the kept rows and columns of the full-length causal + padding mask
+  (`gather_mask`), so causality and padding stay exactly as they were. Under proportional attention a merged token's
+  `log(size)` (vision sizes times LLM merges) is its key bias in every later layer (`LayerStep.attention_bias` of
+  the request's `bias_step`), prefill and decoding.
 - Output: the prefill's output is restored to the input length (`restore_length`: a merged token's positions get its
   final hidden state, pruned ones zeros), so logits line up with `input_ids`.
 """
@@ -46,7 +49,8 @@ class LLMReductionRequest:
 
     Args:
         is_image: (B, Q) bool, the image tokens of this call.
-        tokens_per_image: image tokens of one image.
+        image_counts: per sample, the token count of each of its images in order of appearance (images are
+            consecutive runs of image tokens; `split_image_counts` builds it from the counts of all images).
         sizes: (B, Q, 1) float32 input patches each token stands for after the vision tower (1 for text), or None.
         key_bias: (B, Q) the part of it that the layer-0 mask carries as a key bias (proportional attention), or None.
         bias_step: a step whose `attention_bias(size)` gives the key bias of tokens after an in-LLM reduction (the
@@ -55,7 +59,7 @@ class LLMReductionRequest:
     """
 
     is_image: torch.Tensor
-    tokens_per_image: int
+    image_counts: list[list[int]]
     sizes: torch.Tensor | None
     key_bias: torch.Tensor | None
     bias_step: LayerStep
@@ -72,88 +76,58 @@ def step_key_bias(step: LayerStep, size: torch.Tensor) -> torch.Tensor | None:
 # Layout of the image tokens
 # ------------------------------------------------------------------------------------------------------------
 
+CHUNKED = (
+    "Image token reduction inside the language model needs all image tokens of a prompt in one forward call "
+    "(chunked prefill, `prefill_chunk_size`, splits images and is not supported)"
+)
 
-def image_groups(is_image: torch.Tensor, tokens_per_image: int) -> torch.Tensor:
-    """Positions of the image tokens of each sample, grouped per image: (B, G, n).
 
-    Every sample must hold the same number of image tokens, a multiple of `tokens_per_image` (images are
-    consecutive runs of `tokens_per_image` tokens in order of appearance).
+def split_image_counts(is_image: torch.Tensor, counts: list[int]) -> list[list[int]]:
+    """The token counts of all images of a batch (in order, sample after sample) split per sample.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from turbo_hf.modeling.llm_token_reduction import split_image_counts
+    >>> split_image_counts(torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool), [2, 1, 2])
+    [[2, 1], [2]]
+    ```
     """
-    counts = is_image.sum(dim=1)
-    if tokens_per_image <= 0:
-        raise ValueError(f"`tokens_per_image` must be positive, got {tokens_per_image}.")
-    if bool((counts != counts[0]).any()) or int(counts[0]) % tokens_per_image:
-        raise ValueError(
-            "Image token reduction inside the language model needs all image tokens of a prompt in one forward call "
-            f"and the same number of images in every sample of the batch ({tokens_per_image} tokens per image); the "
-            f"samples of this call hold {counts.tolist()} image tokens (chunked prefill, `prefill_chunk_size`, "
-            "splits images and is not supported)."
-        )
-    batch, length = is_image.shape
-    positions = torch.arange(length, device=is_image.device).expand(batch, length)[is_image]
-    return positions.view(batch, -1, tokens_per_image)
+    per_sample = is_image.sum(dim=1).tolist()
+    result, start = [], 0
+    for sample, tokens in enumerate(per_sample):
+        taken, total = [], 0
+        while total < tokens and start < len(counts):
+            taken.append(int(counts[start]))
+            total += int(counts[start])
+            start += 1
+        if total != tokens:
+            raise ValueError(
+                f"{CHUNKED}: sample {sample} holds {tokens} image tokens, which are not whole images of "
+                f"{list(counts)} tokens."
+            )
+        result.append(taken)
+    if start != len(counts):
+        raise ValueError(f"{CHUNKED}: the batch holds {sum(per_sample)} image tokens, its images {sum(counts)}.")
+    return result
 
 
-def text_queries(is_image: torch.Tensor, real: torch.Tensor, how: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which tokens query the image tokens: positions (B, Q) and weights (B, Q) (0 for padding).
+def keep_count(entry: int | float, tokens: int) -> int:
+    """Tokens an image of `tokens` tokens keeps for one `llm_keep` entry: an int keeps at most that many (an image
+    with fewer keeps all), a float in (0, 1) that share of them, rounded, at least 1.
 
-    Args:
-        is_image: (B, L) image tokens.
-        real: (B, L) tokens that are not padding.
-        how: `"last"` (the last real text token of each sample) or `"all"` (every real text token).
+    Example:
+
+    ```python
+    >>> from turbo_hf.modeling.llm_token_reduction import keep_count
+    >>> keep_count(16, 64), keep_count(16, 9), keep_count(0.25, 30)
+    (16, 9, 8)
+    ```
     """
-    text = ~is_image & real
-    if not bool(text.any(dim=1).all()):
-        raise ValueError("Every sample needs at least one text token to score its image tokens.")
-    if how == "last":
-        positions = torch.arange(is_image.shape[1], device=is_image.device)
-        last = (positions * text).argmax(dim=1, keepdim=True)
-        return last, torch.ones(last.shape, dtype=torch.float32, device=last.device)
-    if how != "all":
-        raise ValueError(f"`llm_text_query` must be 'last' or 'all', got {how!r}.")
-    batch, length = is_image.shape
-    # every sample has the same number of image tokens, so the same number of non-image tokens
-    positions = torch.arange(length, device=is_image.device).expand(batch, length)[~is_image].view(batch, -1)
-    return positions, text.gather(1, positions).float()
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Semantic value from a few attention rows
-# ------------------------------------------------------------------------------------------------------------
-
-
-def query_attention(
-    query: torch.Tensor,
-    keys: torch.Tensor,
-    scaling: float,
-    allowed: torch.Tensor,
-    bias: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Attention rows of a few queries over all keys, averaged over heads, without an L x L matrix.
-
-    Args:
-        query: (B, H, Q, Dh) queries (position embedding applied).
-        keys: (B, H, L, Dh) keys (position embedding applied, repeated to H heads).
-        scaling: the attention scale.
-        allowed: (B, Q, L) bool, which keys each query sees (causal + padding).
-        bias: optional (B, L) additive logits bias (proportional attention).
-
-    Returns:
-        (B, Q, L) float32 probabilities; 0 on keys a query does not see (and on rows that see nothing).
-    """
-    logits = torch.matmul(query.float(), keys.float().transpose(-1, -2)) * scaling
-    if bias is not None:
-        logits = logits + bias.float()[:, None, None, :]
-    logits = logits.masked_fill(~allowed[:, None], torch.finfo(torch.float32).min)
-    return logits.softmax(dim=-1).mean(dim=1) * allowed
-
-
-def semantic_from_queries(probs: torch.Tensor, allowed: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Semantic value (B, L): each key's attention averaged over the weighted queries that can see it."""
-    weights = weights.float()[..., None]
-    mass = (probs * weights).sum(dim=1)
-    seen = (allowed.float() * weights).sum(dim=1)
-    return mass / seen.clamp_min(1e-12)
+    if isinstance(entry, float):
+        return min(tokens, max(1, int(entry * tokens + 0.5)))
+    return min(tokens, entry)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -271,9 +245,12 @@ class StageReduction:
     """One reduction of a sequence (B, L) -> (B, L').
 
     Attributes:
-        keep_positions: (B, L') positions of the kept tokens in the input sequence, ascending.
-        hidden: (B, L', C); size: (B, L', 1) float32; is_image: (B, L') bool.
-        new_index: (B, L) for each input token, its position in the output (merged: its partner's; pruned: -1).
+        keep_positions: (B, L') positions of the kept tokens in the input sequence, ascending; -1 for the dead
+            slots that fill a sample keeping fewer tokens than the longest one (on the left).
+        hidden: (B, L', C); size: (B, L', 1) float32; is_image: (B, L') bool (False on dead slots).
+        new_index: (B, L) for each input token, its position in the output (merged: its partner's; pruned and
+            dead: -1).
+        image_counts: per sample, the token count of each image after the reduction.
     """
 
     keep_positions: torch.Tensor
@@ -281,6 +258,7 @@ class StageReduction:
     size: torch.Tensor
     is_image: torch.Tensor
     new_index: torch.Tensor
+    image_counts: list[list[int]]
 
 
 def gather_tokens(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -290,66 +268,97 @@ def gather_tokens(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return values.gather(1, flat).view(shape)
 
 
+def _image_runs(is_image: torch.Tensor, image_counts: list[list[int]]) -> list[tuple[int, torch.Tensor]]:
+    """Every image as `(sample, positions (n,))`, in order."""
+    runs = []
+    for sample, counts in enumerate(image_counts):
+        positions = is_image[sample].nonzero()[:, 0]
+        if positions.numel() != sum(counts):
+            raise ValueError(f"{CHUNKED}: sample {sample} holds {positions.numel()} image tokens, not {sum(counts)}.")
+        runs += [(sample, part) for part in positions.split(counts)]
+    return runs
+
+
 def reduce_image_tokens(
     hidden: torch.Tensor,
     size: torch.Tensor,
     is_image: torch.Tensor,
-    tokens_per_image: int,
+    alive: torch.Tensor,
+    image_counts: list[list[int]],
+    keeps: list[list[int]],
     metric: torch.Tensor,
     semantic: torch.Tensor | None,
-    keep: int,
     settings: ReductionSettings,
     layer_idx: int = 0,
 ) -> StageReduction:
-    """Reduce the image tokens of every image in a sequence to `keep`; text tokens stay untouched.
+    """Reduce every image of a sequence to its keep count; the other live tokens stay untouched.
 
     Args:
         hidden: (B, L, C) the sequence; size: (B, L, 1) sizes (1 for text).
-        is_image: (B, L) image tokens (each sample: G images of `tokens_per_image` consecutive image tokens).
+        is_image: (B, L) image tokens; alive: (B, L) tokens that are not dead slots of an earlier reduction.
+        image_counts: per sample, the token count of each image (consecutive runs of image tokens, in order).
+        keeps: per sample, the tokens each image keeps.
         metric: (B, L, D) L2-normalised keys (only the image tokens' rows are read).
         semantic: (B, L) semantic values or None (only the image tokens' entries are read).
-        keep: image tokens left per image.
     """
-    batch, length, channels = hidden.shape
-    if keep > tokens_per_image:
-        raise ValueError(f"Cannot keep {keep} image tokens per image: only {tokens_per_image} are there.")
-    groups = image_groups(is_image, tokens_per_image)  # (B, G, n)
-    num_images = groups.shape[1]
-    flat = groups.view(batch, -1)
-    rows = batch * num_images
-    group_hidden = gather_tokens(hidden, flat).view(rows, tokens_per_image, channels)
-    group_size = gather_tokens(size, flat).view(rows, tokens_per_image, 1).float()
-    group_metric = gather_tokens(metric, flat).view(rows, tokens_per_image, -1)
-    group_semantic = None if semantic is None else semantic.gather(1, flat).view(rows, tokens_per_image)
-    new_hidden, new_size, kept, slot = reduce_group_tokens(
-        group_hidden, group_size, group_metric, group_semantic, keep, settings, layer_idx
-    )
+    batch, length, _ = hidden.shape
+    device = hidden.device
+    runs = _image_runs(is_image, image_counts)
+    flat_keeps = [keep for sample_keeps in keeps for keep in sample_keeps]
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for index, ((_, positions), keep) in enumerate(zip(runs, flat_keeps)):
+        if not 0 <= keep <= positions.numel():
+            raise ValueError(f"Cannot keep {keep} of the {positions.numel()} tokens of an image.")
+        buckets.setdefault((positions.numel(), keep), []).append(index)
 
-    kept_positions = groups.gather(2, kept.view(batch, num_images, keep))  # (B, G, keep)
-    keep_mask = ~is_image
-    keep_mask = keep_mask.scatter(1, kept_positions.view(batch, -1), True)
-    new_length = length - num_images * (tokens_per_image - keep)
-    positions = torch.arange(length, device=hidden.device).expand(batch, length)
-    keep_positions = positions[keep_mask].view(batch, new_length)
+    keep_mask = alive & ~is_image
+    results = []  # (samples (M,), positions (M, n), kept (M, keep), slot (M, n), hidden, size)
+    for (count, keep), members in buckets.items():
+        samples = torch.tensor([runs[i][0] for i in members], device=device)
+        positions = torch.stack([runs[i][1] for i in members])
+        rows = samples[:, None].expand(-1, count)
+        group_semantic = None if semantic is None else semantic[rows, positions]
+        new_hidden, new_size, kept, slot = reduce_group_tokens(
+            hidden[rows, positions], size[rows, positions].float(), metric[rows, positions], group_semantic, keep,
+            settings, layer_idx,
+        )
+        kept_positions = positions.gather(1, kept)
+        keep_mask[samples[:, None].expand_as(kept_positions), kept_positions] = True
+        results.append((samples, positions, kept_positions, slot, new_hidden, new_size))
 
-    out_image = is_image.gather(1, keep_positions)
-    out_hidden = gather_tokens(hidden, keep_positions)
-    out_size = gather_tokens(size.float(), keep_positions)
-    if settings.reduction == "merge" and keep:
-        out_hidden = out_hidden.masked_scatter(out_image[..., None], new_hidden.to(out_hidden.dtype))
-        out_size = out_size.masked_scatter(out_image[..., None], new_size)
-
-    old_to_new = torch.full((batch, length), -1, dtype=torch.long, device=hidden.device)
-    old_to_new.scatter_(1, keep_positions, torch.arange(new_length, device=hidden.device).expand(batch, new_length))
-    slot = slot.view(batch, num_images, tokens_per_image)
-    if keep:
-        holder = kept_positions.gather(2, slot.clamp_min(0))  # input position of the token holding each image token
-        image_new = torch.where(slot >= 0, old_to_new.gather(1, holder.view(batch, -1)).view_as(slot), -1)
-    else:
-        image_new = torch.full_like(slot, -1)
-    new_index = old_to_new.scatter(1, flat, image_new.view(batch, -1))
+    new_length = int(keep_mask.sum(dim=1).max())
+    index = torch.arange(length, device=device).expand(batch, length)
+    keep_positions = torch.where(keep_mask, index, -1).sort(dim=1).values[:, length - new_length :]
+    valid = keep_positions >= 0
+    gathered = keep_positions.clamp_min(0)
+    out_hidden = gather_tokens(hidden, gathered)
+    out_size = gather_tokens(size.float(), gathered)
+    out_image = is_image.gather(1, gathered) & valid
+    old_to_new = torch.full((batch, length), -1, dtype=torch.long, device=device)
+    slots = torch.arange(new_length, device=device).expand(batch, new_length)
+    batch_index = torch.arange(batch, device=device)[:, None].expand_as(keep_positions)
+    old_to_new[batch_index[valid], keep_positions[valid]] = slots[valid]
+    new_index = torch.where(keep_mask, old_to_new, -1)
+    for samples, positions, kept_positions, slot, new_hidden, new_size in results:
+        rows = samples[:, None]
+        if settings.reduction == "merge" and kept_positions.shape[1]:
+            out_slots = old_to_new[rows.expand_as(kept_positions), kept_positions]
+            out_hidden[rows.expand_as(out_slots), out_slots] = new_hidden.to(out_hidden.dtype)
+            out_size[rows.expand_as(out_slots), out_slots] = new_size
+        if kept_positions.shape[1]:
+            holder = kept_positions.gather(1, slot.clamp_min(0))  # input position of the token holding each one
+            moved = torch.where(slot >= 0, old_to_new[rows.expand_as(holder), holder], -1)
+        else:
+            moved = torch.full_like(slot, -1)
+        new_index[rows.expand_as(positions), positions] = moved
+    counts_after = [list(sample_keeps) for sample_keeps in keeps]
     return StageReduction(
-        keep_positions=keep_positions, hidden=out_hidden, size=out_size, is_image=out_image, new_index=new_index
+        keep_positions=keep_positions,
+        hidden=out_hidden,
+        size=out_size,
+        is_image=out_image,
+        new_index=new_index,
+        image_counts=counts_after,
     )
 
 
@@ -365,18 +374,17 @@ def restore_length(hidden: torch.Tensor, holder: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
+    "CHUNKED",
     "LLMReductionRequest",
     "ROUND_FRACTION",
     "ReductionSettings",
     "StageReduction",
     "follow",
     "gather_tokens",
-    "image_groups",
-    "query_attention",
+    "keep_count",
     "reduce_group_tokens",
     "reduce_image_tokens",
     "restore_length",
-    "semantic_from_queries",
+    "split_image_counts",
     "step_key_bias",
-    "text_queries",
 ]

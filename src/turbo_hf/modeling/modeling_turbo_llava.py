@@ -17,8 +17,8 @@ What changes against the stock model:
   mismatch raises an error that names both counts.
 - Inside the language model (`llm_layers`, `llm_keep`, `llm_text_query`; off by default): before each decoder
   layer `K` in `llm_layers`, every image keeps `llm_keep[i]` of its tokens, scored with the shared Turbo settings;
-  removed tokens leave the sequence and the KV cache of layers >= K (`TurboLlamaModel` in
-  `llm_token_reduction_llama.py`, on the model-agnostic `llm_token_reduction.py` and `llm_token_masks.py`).
+  removed tokens leave the sequence and the KV cache of layers >= K (the stock `LlamaModel.forward` with the
+  generic wrappers of `llm_decoder_layers.py`).
 
 With `r=0` and no `llm_layers` nothing of this is used: logits and generated ids are the stock ones, bit for bit.
 
@@ -36,7 +36,6 @@ import dataclasses
 import torch
 from transformers.cache_utils import Cache
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoder, CLIPEncoderLayer, CLIPVisionModel
-from transformers.models.llama.modeling_llama import LlamaModel
 from transformers.models.llava.configuration_llava import LlavaConfig
 from transformers.models.llava.modeling_llava import (
     LlavaForConditionalGeneration,
@@ -49,11 +48,14 @@ from .compat import cache_kwargs, cache_of, model_output, pop_cache
 from .configuration_turbo import TurboConfig, as_turbo_config
 from .configuration_turbo_llava import TurboLlavaConfig
 from .hub_export import TurboHubMixin
-from .llava_token_counts import check_feature_layer, feature_depth, image_tokens, tower_runtime, tower_tokens
+from .llava_token_counts import (
+    check_feature_layer, feature_depth, image_token_count, image_tokens, tower_runtime, tower_tokens
+)
 from .llava_vision_tower import TurboLlavaCLIPEncoder, TurboLlavaImageOutput, run_tower
 from .llm_token_masks import CACHE_BIAS_ATTRIBUTE, image_bias_mask
+from .llm_decoder_layers import check_llm_reduction, llm_reduction_request
+from .llm_decoders import LLAMA_DECODER, supported_decoders
 from .llm_token_reduction import LLMReductionRequest, step_key_bias
-from .llm_token_reduction_llama import TurboLlamaModel, check_llm_reduction
 from .modeling_turbo_clip import TurboCLIPAttention, TurboCLIPEncoderLayer
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
@@ -237,7 +239,7 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
         turbo = self.turbo_runtime.config
         reduce_in_llm = turbo.reduces_llm_tokens
         if reduce_in_llm and not getattr(self.turbo_runtime, "llm_checked", False):
-            check_llm_reduction(self, turbo)  # a stock model patched with `apply_turbo` is checked here
+            _check_llm(self, turbo)  # a stock model patched with `apply_turbo` is checked here
             self.turbo_runtime.llm_checked = True
 
         image_features, sizes = None, None
@@ -258,23 +260,27 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
         attention_mask, key_bias = image_bias_mask(
             self.language_model.config, inputs_embeds, attention_mask, past_key_values, position_ids, chunk_bias
         )
+        request = None
         if reduce_in_llm and image_outputs is not None:
             # the vision sizes weigh LLM merges; the layers after each reduction take their own masks
-            kwargs["turbo_llm"] = LLMReductionRequest(
-                is_image=special_image_mask[..., 0],
-                tokens_per_image=self.num_image_tokens(),
+            is_image = special_image_mask[..., 0]
+            per_image = self.num_image_tokens()
+            request = LLMReductionRequest(
+                is_image=is_image,
+                image_counts=[[per_image] * (int(count) // per_image) for count in is_image.sum(dim=1)],
                 sizes=sizes,
                 key_bias=chunk_bias,
                 bias_step=bias_step,
                 config=turbo,
             )
-        outputs = self.language_model(
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            **cache_kwargs(past_key_values),
-            **kwargs,
-        )
+        with llm_reduction_request(self.language_model, request):
+            outputs = self.language_model(
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                **cache_kwargs(past_key_values),
+                **kwargs,
+            )
         cache = cache_of(outputs)
         if key_bias is not None and cache is not None:
             setattr(cache, CACHE_BIAS_ATTRIBUTE, key_bias)
@@ -344,10 +350,15 @@ def _llava_layers(llava_model):
     return layers[: max(depth, 1)]
 
 
+def _check_llm(llava_model, config) -> None:
+    per_image = image_token_count(llava_model.config, config)
+    check_llm_reduction(llava_model.language_model, config, supported_decoders(LLAMA_DECODER), per_image)
+
+
 def _validate_llava(model, config) -> None:
     inner = model.model if isinstance(model, LlavaForConditionalGeneration) else model
     check_feature_layer(inner.config.vision_feature_layer, config)
-    check_llm_reduction(inner, config)
+    _check_llm(inner, config)
 
 
 LLAVA_AUTO_CLASSES = {
@@ -371,7 +382,7 @@ register_adapter(
             CLIPEncoder: TurboLlavaCLIPEncoder,
             CLIPEncoderLayer: TurboCLIPEncoderLayer,
             CLIPAttention: TurboCLIPAttention,
-            LlamaModel: TurboLlamaModel,
+            **LLAMA_DECODER,
         },
         attention_attr="self_attn",
         mlp_attr="mlp",

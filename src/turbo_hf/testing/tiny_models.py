@@ -1,7 +1,8 @@
 """Tiny random models of every supported family, built by hand (no Hub access).
 
 `build`/`inputs`/`main_output` serve the vision families of `FAMILIES`; the config factories below them build
-the text encoders, BLIP, BLIP-2, InstructBLIP and LLaVA (`turbo_hf.testing.family_tester` feeds them)."""
+the text encoders, BLIP, BLIP-2, InstructBLIP and LLaVA (`turbo_hf.testing.family_tester` feeds them), and
+Qwen2-VL / Qwen2.5-VL with `qwen_inputs` (their own test file feeds them)."""
 
 from __future__ import annotations
 
@@ -259,3 +260,88 @@ def bert_tokenizer(words: Sequence[str]) -> BertTokenizer:
     if len(vocab) > 99:
         raise ValueError(f"`words` must hold at most 94 distinct words, got {len(vocab) - 5}.")
     return BertTokenizer(vocab={word: i for i, word in enumerate(vocab)})
+
+
+# Qwen2-VL / Qwen2.5-VL: token ids of the tiny vocabulary (120), patch 2 px, 2x2 merger, temporal patch 2
+QWEN_IMAGE_TOKEN, QWEN_VIDEO_TOKEN, QWEN_VISION_START, QWEN_VISION_END, QWEN_PAD = 110, 111, 112, 113, 0
+QWEN_PATCH_DIM = 3 * 2 * 2 * 2  # channels * temporal patch * patch * patch
+
+
+def _qwen_text(layers: int) -> dict:
+    return dict(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]})
+
+
+def _qwen_ids() -> dict:
+    return dict(image_token_id=QWEN_IMAGE_TOKEN, video_token_id=QWEN_VIDEO_TOKEN,
+                vision_start_token_id=QWEN_VISION_START, vision_end_token_id=QWEN_VISION_END, pad_token_id=QWEN_PAD)
+
+
+def qwen2_vl_config(config_class=None, layers: int = 4, **kw):
+    """Qwen2-VL: a 2-block vision tower (32 wide, patch 2, 2x2 merger) and a `layers`-layer Qwen2 decoder with mRoPE."""
+    from transformers import Qwen2VLConfig
+
+    vision = dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2, patch_size=2)
+    config_class = config_class or Qwen2VLConfig
+    return config_class(text_config=_qwen_text(layers), vision_config=vision, **_qwen_ids(), **kw)
+
+
+def qwen2_5_vl_config(config_class=None, layers: int = 4, **kw):
+    """Qwen2.5-VL: a 2-block windowed vision tower (window 8 px, block 1 full attention) and a Qwen2 decoder."""
+    from transformers import Qwen2_5_VLConfig
+
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32, patch_size=2,
+                  window_size=8, fullatt_block_indexes=[1])
+    config_class = config_class or Qwen2_5_VLConfig
+    return config_class(text_config=_qwen_text(layers), vision_config=vision, **_qwen_ids(), **kw)
+
+
+def qwen_inputs(grids: list[list[tuple[int, int]]], texts: list[list[int]], seed: int = 0) -> dict:
+    """Left-padded inputs of a Qwen-VL model without a processor.
+
+    Args:
+        grids: per sample, the (h, w) patch grid of each of its images (even numbers: the 2x2 merger), t = 1.
+        texts: per sample, the text token ids after its images (ids below 100).
+
+    Returns:
+        `input_ids`, `attention_mask`, `mm_token_type_ids`, `pixel_values`, `image_grid_thw`.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    rows, types, thw = [], [], []
+    for sample_grids, text in zip(grids, texts):
+        ids, kinds = [5], [0]
+        for h, w in sample_grids:
+            count = h * w // 4
+            ids += [QWEN_VISION_START] + [QWEN_IMAGE_TOKEN] * count + [QWEN_VISION_END]
+            kinds += [0] + [1] * count + [0]
+            thw.append((1, h, w))
+        ids += list(text)
+        kinds += [0] * len(text)
+        rows.append(ids)
+        types.append(kinds)
+    length = max(len(ids) for ids in rows)
+    pad = [length - len(ids) for ids in rows]
+    input_ids = torch.tensor([[QWEN_PAD] * p + ids for p, ids in zip(pad, rows)])
+    grid = torch.tensor(thw)
+    patches = int(grid.prod(-1).sum())
+    return dict(
+        input_ids=input_ids,
+        attention_mask=torch.tensor([[0] * p + [1] * len(ids) for p, ids in zip(pad, rows)]),
+        mm_token_type_ids=torch.tensor([[0] * p + kinds for p, kinds in zip(pad, types)]),
+        pixel_values=torch.randn(patches, QWEN_PATCH_DIM, generator=generator),
+        image_grid_thw=grid,
+    )
+
+
+def qwen3_vl_config(config_class=None, layers: int = 4, **kw):
+    """Qwen3-VL: a 2-block tower (patch 2, 2x2 merger, deepstack features of block 0 added after decoder layer 0)
+    and a Qwen3 decoder (q/k norms, interleaved mRoPE)."""
+    from transformers import Qwen3VLConfig
+
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32, patch_size=2,
+                  num_position_embeddings=16, deepstack_visual_indexes=[0])
+    text = dict(_qwen_text(layers), head_dim=8)
+    text["rope_parameters"] = dict(text["rope_parameters"], mrope_interleaved=True)
+    config_class = config_class or Qwen3VLConfig
+    return config_class(text_config=text, vision_config=vision, **_qwen_ids(), **kw)

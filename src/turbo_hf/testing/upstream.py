@@ -99,7 +99,6 @@ OVERRIDES: tuple[Override, ...] = tuple(
     + _override("modeling.modeling_turbo_instructblip.TurboInstructBlipForConditionalGeneration",
                 "instructblip.modeling_instructblip.InstructBlipForConditionalGeneration", "get_image_features")
     + _override("modeling.llava_vision_tower.TurboLlavaCLIPEncoder", "clip.modeling_clip.CLIPEncoder", "forward")
-    + _override("modeling.llm_token_reduction_llama.TurboLlamaModel", "llama.modeling_llama.LlamaModel", "forward")
     + _override("modeling.modeling_turbo_llava.TurboLlavaModel", "llava.modeling_llava.LlavaModel",
                 "get_image_features", "get_placeholder_mask", "forward")
     + _override("modeling.modeling_turbo_siglip.TurboSiglipMultiheadAttentionPoolingHead",
@@ -151,11 +150,31 @@ OVERRIDES: tuple[Override, ...] = tuple(
                  "transformers.models.blip.modeling_blip.BlipAttention.forward"),
         Override("turbo_hf.modeling.modeling_turbo_dinov2.encoder_forward",
                  "transformers.models.dinov2.modeling_dinov2.Dinov2Encoder.forward"),
-        Override("turbo_hf.modeling.llm_token_reduction_llama.TurboLlamaModel._reduced_forward",
-                 "transformers.models.llama.modeling_llama.LlamaModel.forward"),
         Override("turbo_hf.modeling.modeling_turbo_blip_text.blip_text_eager_attention",
                  "transformers.models.blip.modeling_blip_text.BlipTextSelfAttention.forward"),
-        Override("turbo_hf.modeling.llm_token_reduction_llama._rope", "transformers.models.llama.modeling_llama.apply_rotary_pos_emb"),
+        Override("turbo_hf.modeling.llm_token_scores.rotary", "transformers.models.llama.modeling_llama.apply_rotary_pos_emb"),
+        # the in-LLM reduction's wrappers of the stock decoder stacks and layers (their forwards run unchanged)
+        *(
+            Override("turbo_hf.modeling.llm_decoder_layers.TurboDecoderModelMixin.forward",
+                     f"transformers.models.{path}.forward")
+            for path in ("llama.modeling_llama.LlamaModel", "qwen2_vl.modeling_qwen2_vl.Qwen2VLTextModel",
+                         "qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VLTextModel", "qwen3_vl.modeling_qwen3_vl.Qwen3VLTextModel")
+        ),
+        # (GradientCheckpointingLayer also gives each decoder-layer subclass its own `forward`: listed per class)
+        *(
+            Override(ours, f"transformers.models.{path}.forward")
+            for path in ("llama.modeling_llama.LlamaDecoderLayer", "qwen2_vl.modeling_qwen2_vl.Qwen2VLDecoderLayer",
+                         "qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VLDecoderLayer",
+                         "qwen3_vl.modeling_qwen3_vl.Qwen3VLTextDecoderLayer")
+            for ours in ("turbo_hf.modeling.llm_decoder_layers.TurboDecoderLayerMixin.forward",
+                         f"turbo_hf.modeling.llm_decoders.Turbo{path.rsplit('.', 1)[1]}.forward")
+        ),
+        *(
+            Override("turbo_hf.modeling.modeling_turbo_qwen2_vl.TurboQwenVLModelMixin.forward",
+                     f"transformers.models.{path}.forward")
+            for path in ("qwen2_vl.modeling_qwen2_vl.Qwen2VLModel", "qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VLModel",
+                         "qwen3_vl.modeling_qwen3_vl.Qwen3VLModel")
+        ),
         # LLaVA-NeXT-style families: the grid-restoring towers, the placeholder check, the video merge
         *(
             Override(f"turbo_hf.modeling.llava_next_kit.{ours}", f"transformers.models.{path}.forward")
@@ -189,9 +208,9 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("transformers.conversion_mapping.register_checkpoint_conversion_mapping", "turbo_hf.modeling.registry"),
     Internal("transformers.masking_utils.find_first_full_attention_index", "turbo_hf.modeling.llm_token_masks"),
     Internal("transformers.cache_utils.Cache.get_mask_sizes",
-             "turbo_hf.modeling.llm_token_masks and turbo_hf.modeling.llm_token_reduction_llama"),
-    Internal("transformers.models.llama.modeling_llama.repeat_kv", "turbo_hf.modeling.llm_token_reduction_llama.llama_reduction_scores"),
-    Internal("transformers.models.llama.modeling_llama.rotate_half", "turbo_hf.modeling.llm_token_reduction_llama._rope"),
+             "turbo_hf.modeling.llm_token_masks and turbo_hf.modeling.llm_decoder_layers"),
+    Internal("transformers.models.llama.modeling_llama.repeat_kv", "turbo_hf.modeling.llm_token_scores.decoder_layer_scores"),
+    Internal("transformers.models.llama.modeling_llama.rotate_half", "turbo_hf.modeling.llm_token_scores.rotary"),
     Internal("transformers.models.bert.modeling_bert.eager_attention_forward", "turbo_hf.modeling.modeling_turbo_bert"),
     Internal("transformers.models.blip_2.modeling_blip_2.eager_attention_forward", "turbo_hf.modeling.modeling_turbo_blip2"),
     Internal("transformers.models.clip.modeling_clip.eager_attention_forward", "turbo_hf.modeling.modeling_turbo_clip"),
@@ -207,8 +226,8 @@ INTERNALS: tuple[Internal, ...] = (
 OUTPUT_FIELDS: tuple[OutputFields, ...] = (
     OutputFields("transformers.models.llava.modeling_llava.LlavaModelOutputWithPast",
                  ("last_hidden_state", "hidden_states", "attentions"), "turbo_hf.modeling.modeling_turbo_llava.TurboLlavaModel.forward"),
-    OutputFields("transformers.modeling_outputs.BaseModelOutputWithPast", ("last_hidden_state",),
-                 "turbo_hf.modeling.llm_token_reduction_llama.TurboLlamaModel.forward"),
+    OutputFields("transformers.modeling_outputs.BaseModelOutputWithPast", ("last_hidden_state", "hidden_states"),
+                 "turbo_hf.modeling.llm_decoder_layers.LLMRun.finish"),
     OutputFields("transformers.modeling_outputs.BaseModelOutputWithPooling",
                  ("last_hidden_state", "pooler_output", "hidden_states", "attentions"),
                  "turbo_hf.modeling.turbo_encoder.TurboModelOutputWithPooling"),

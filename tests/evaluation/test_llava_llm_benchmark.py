@@ -1,10 +1,9 @@
-"""The in-LLM benchmark's library part on a 2-layer LLaVA-shaped model at 112 px (64 image tokens)."""
+"""The LLaVA in-LLM benchmark's library part on a 2-layer LLaVA-shaped model at 112 px (64 image tokens)."""
 
 import pytest
-import torch
 
-from turbo_hf.evaluation.llm_benchmark import DecodeRunner, llava_prompts, llava_shaped_model, run_batch
-from turbo_hf.evaluation.llm_report import llm_markdown
+from turbo_hf.evaluation.llava_llm_benchmark import llava_prompts, llava_shaped_model, run_batch
+from turbo_hf.evaluation.llava_llm_report import llm_markdown
 from turbo_hf.evaluation.report import run_metadata
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -22,16 +21,6 @@ def test_prompts_are_left_padded_with_the_image_placeholders(model):
     assert lengths == [64 + count for count in counts]  # BOS USER, the image, count - 5 words, 3 closing ids
     assert bool((inputs["input_ids"] == 999).sum(-1).eq(64).all())
     assert bool(inputs["attention_mask"][:, -1].all()) and not bool(inputs["attention_mask"][0, 0])
-
-
-def test_the_decode_leaves_the_prefill_cache_as_it_was(model):
-    inputs, _ = llava_prompts(1, 64, 112)
-    runner = DecodeRunner(model, inputs, new_tokens=3)
-    runner.prefill()
-    length = runner.output.past_key_values.get_seq_length()
-    first, second = runner.decode(), runner.decode()
-    assert first.shape == (1, 3) and torch.equal(first, second)
-    assert runner.output.past_key_values.get_seq_length() == length
 
 
 def test_a_run_reports_reduced_caches_against_stock_and_a_page(model):

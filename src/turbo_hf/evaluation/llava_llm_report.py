@@ -1,4 +1,4 @@
-"""The markdown page of the in-LLM image-token benchmark (`llm_benchmark.run_batch` results)."""
+"""The markdown page of the LLaVA in-LLM image-token benchmark (`llava_llm_benchmark.run_batch` results)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,168 @@
+"""The Qwen2-VL benchmark of image-token reduction inside the language model (`scripts/benchmark_vlm_llm.py`).
+
+Random weights at Qwen2-VL-7B's sequence lengths and depth, scaled down in width so the run fits a small CPU:
+
+- vision: patch 14, 2x2 merger, temporal patch 2 (an image of R x R px gives (R/14)^2 patches and (R/28)^2 image
+  tokens: 256 at 448 px, 576 at 672 px), 4 blocks of width 64;
+- language model: 28 layers (like the 7B), hidden 256, 8 heads / 2 key-value heads, intermediate 688, vocabulary
+  1000, mRoPE sections [4, 6, 6] (the 7B's [16, 24, 24] scaled to the head size);
+- prompt: one image then ~40 text tokens (batch 1: 40; batch 2: 36 and 44, left-padded).
+
+A real checkpoint (`checkpoint=`) replaces the random model; its token ids come from its config. Quality cannot be
+measured with random weights: this measures speed, memory and the KV cache only.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLDecoderLayer, Qwen2VLVisionBlock
+
+from ..modeling.llm_token_reduction import keep_count
+from ..modeling.patching import apply_turbo
+from ..modeling.schedules import layer_cost
+from .llm_reduction_benchmark import measure_settings
+from .tables import markdown_table
+
+IMAGE, VIDEO, START, END = 996, 997, 998, 999
+# Qwen2-VL-7B's language model (its vision tower is `Qwen2VLVisionConfig`'s default: 32 blocks of width 1280)
+QWEN2_VL_7B_TEXT = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                        num_key_value_heads=4)
+
+
+def build_qwen2_vl(layers: int, attn: str, checkpoint: str | None = None) -> Qwen2VLForConditionalGeneration:
+    """The scaled-down random Qwen2-VL (or the checkpoint's model), in eval mode."""
+    if checkpoint is not None:
+        return Qwen2VLForConditionalGeneration.from_pretrained(checkpoint, attn_implementation=attn).eval()
+    text = dict(vocab_size=1000, hidden_size=256, intermediate_size=688, num_hidden_layers=layers,
+                num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=1,
+                eos_token_id=2, pad_token_id=0,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]})
+    vision = dict(depth=4, embed_dim=64, hidden_size=256, num_heads=4, mlp_ratio=4, patch_size=14)
+    config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=IMAGE, video_token_id=VIDEO,
+                           vision_start_token_id=START, vision_end_token_id=END)
+    for sub in (config, config.vision_config, config.text_config):
+        sub._attn_implementation = attn
+    torch.manual_seed(0)
+    return Qwen2VLForConditionalGeneration(config).eval()
+
+
+def qwen_prompts(config, batch: int, resolution: int, seed: int = 0) -> dict:
+    """`batch` left-padded prompts of one `resolution` px image and ~40 text tokens each."""
+    vision = config.vision_config
+    side = resolution // vision.patch_size
+    if side % vision.spatial_merge_size:
+        raise ValueError(f"A {resolution} px image gives {side} patches per side; the 2x2 merger needs an even count.")
+    tokens = side * side // vision.spatial_merge_size**2
+    generator = torch.Generator().manual_seed(seed)
+    special = (config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id)
+    high = min(990, *special)  # words below the special tokens
+    texts = [40] if batch == 1 else [36 + (8 * i) // (batch - 1) for i in range(batch)]
+    rows, kinds = [], []
+    for count in texts:
+        words = torch.randint(10, high, (count,), generator=generator).tolist()
+        rows.append([config.vision_start_token_id] + [config.image_token_id] * tokens + [config.vision_end_token_id]
+                    + words)
+        kinds.append([0] + [1] * tokens + [0] * (count + 1))
+    length = max(len(row) for row in rows)
+    pad = [length - len(row) for row in rows]
+    patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+    return {
+        "input_ids": torch.tensor([[0] * p + row for p, row in zip(pad, rows)]),
+        "attention_mask": torch.tensor([[0] * p + [1] * len(row) for p, row in zip(pad, rows)]),
+        "mm_token_type_ids": torch.tensor([[0] * p + kind for p, kind in zip(pad, kinds)]),
+        "pixel_values": torch.randn(batch * side * side, patch_dim, generator=generator),
+        "image_grid_thw": torch.tensor([[1, side, side]] * batch),
+    }
+
+
+def run_qwen2_vl(model, settings, resolutions, batches, repeats, warmup, new_tokens) -> list[dict]:
+    """Every (resolution, batch) measured with `measure_settings`; a patched copy per setting, same weights."""
+    weights = model.state_dict()
+    results = []
+    for resolution in resolutions:
+        for batch in batches:
+            inputs = qwen_prompts(model.config, batch, resolution)
+
+            def build(turbo, inputs=inputs):
+                variant = type(model)(model.config).eval()
+                variant.load_state_dict(weights)
+                if turbo is not None:
+                    apply_turbo(variant, **turbo)
+                image_tokens = int((inputs["input_ids"][0] == model.config.image_token_id).sum())
+                return variant, inputs, {"turbo_config": turbo, "image_tokens_to_llm": image_tokens}
+
+            rows = measure_settings(settings, build, repeats, warmup, new_tokens, positions="mrope")
+            results.append({"resolution": resolution, "batch": batch, "settings": rows})
+    return results
+
+
+def cost_split(resolutions, layer: int, keeps, config=None) -> list[dict]:
+    """Where an image's MACs are: the vision tower against the language model's layers over its image tokens, from
+    the real module shapes (one block and one decoder layer built on the meta device; Qwen2-VL-7B by default), and
+    what a reduction before decoder `layer` keeping each share of `keeps` saves (the text tokens not counted).
+
+    Example:
+
+    ```python
+    >>> from turbo_hf.evaluation.qwen_llm_benchmark import cost_split
+    >>> row = cost_split([448], layer=2, keeps=[0.25])[0]
+    >>> row["image_tokens"], row["llm_saved_gmacs"][0.25] > row["tower_gmacs"]
+    (256, True)
+    ```
+    """
+    config = config or Qwen2VLConfig(text_config=QWEN2_VL_7B_TEXT)
+    vision, text = config.vision_config, config.text_config
+    with torch.device("meta"):
+        tower = layer_cost(Qwen2VLVisionBlock(vision), "attn", "mlp")
+        decoder = layer_cost(Qwen2VLDecoderLayer(text, 0), "self_attn", "mlp")
+    rows = []
+    for resolution in resolutions:
+        patches = (resolution // vision.patch_size) ** 2
+        tokens = patches // vision.spatial_merge_size**2
+        llm = text.num_hidden_layers * decoder.macs(tokens, tokens)
+        saved = {}
+        for keep in keeps:
+            kept = keep_count(keep, tokens)
+            reduced = layer * decoder.macs(tokens, tokens) + (text.num_hidden_layers - layer) * decoder.macs(kept, kept)
+            saved[keep] = (llm - reduced) / 1e9
+        rows.append({"resolution": resolution, "patches": patches, "image_tokens": tokens,
+                     "tower_gmacs": vision.depth * tower.macs(patches, patches) / 1e9, "llm_gmacs": llm / 1e9,
+                     "llm_saved_gmacs": saved})
+    return rows
+
+
+def cost_markdown(rows: list[dict]) -> str:
+    """The `cost_split` rows as a table."""
+    keeps = list(rows[0]["llm_saved_gmacs"])
+    headers = ["resolution", "patches -> image tokens", "vision tower GMACs", "LLM GMACs on image tokens",
+               *[f"saved by keep {keep:g}" for keep in keeps]]
+    table = [[f"{row['resolution']} px", f"{row['patches']} -> {row['image_tokens']}", f"{row['tower_gmacs']:.0f}",
+              f"{row['llm_gmacs']:.0f}", *[f"{row['llm_saved_gmacs'][keep]:.0f}" for keep in keeps]] for row in rows]
+    return markdown_table(headers, table)
+
+
+def results_markdown(results: list[dict]) -> str:
+    """One table per (resolution, batch): the stock row in absolute values, the others as ratios to it."""
+    parts = []
+    for block in results:
+        rows = []
+        for name, entry in block["settings"].items():
+            cache = entry["cache_tokens_per_layer"]
+            if entry is next(iter(block["settings"].values())):
+                cells = [f"{entry['prefill_s'] * 1000:.0f} ms", "1.00x", f"{entry['decode_per_token_s'] * 1000:.1f} ms",
+                         "1.00x", f"{entry['peak_tensor_mb']:.0f} MB", f"{entry['kv_cache_mb']:.2f} MB"]
+            else:
+                cells = [f"{entry['prefill_speedup']:.2f}x", f"{entry['prefill_speedup_cpu']:.2f}x",
+                         f"{entry['decode_speedup']:.2f}x", f"{entry['decode_speedup_cpu']:.2f}x",
+                         f"{entry['peak_memory_ratio']:.2f}", f"{entry['kv_cache_ratio']:.2f}"]
+            spread = f"{entry['prefill_spread']:.0%} / {entry['decode_spread']:.0%}"
+            rows.append([name, entry["image_tokens_to_llm"], f"{cache[0]} / {cache[-1]}",
+                         f"{entry['token_layer_limit']:.2f}x", *cells, spread])
+        headers = ["setting", "image tokens / image", "cache tokens (layer 0 / last)", "limit", "prefill",
+                   "prefill x (CPU)", "decode / token", "decode x (CPU)", "peak mem", "KV cache", "spread p / d"]
+        parts += [f"## {block['resolution']} px, batch {block['batch']}", "", markdown_table(headers, rows), ""]
+    return "\n".join(parts)
+
+
+__all__ = ["build_qwen2_vl", "cost_markdown", "cost_split", "qwen_prompts", "results_markdown", "run_qwen2_vl"]
