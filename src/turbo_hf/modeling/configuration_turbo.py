@@ -8,14 +8,22 @@ import math
 
 from transformers import PreTrainedConfig
 
+from .setting_checks import (
+    allowed,
+    keep_ratios,
+    llm_reduction_settings,
+    non_negative_int,
+    per_layer_r,
+    unet_settings,
+    video_keep,
+)
+
 MODES = ("turbo", "tome", "semantic", "random")
 REDUCTIONS = ("merge", "prune")
 SCHEDULES = ("constant", "decreasing")
 ALPHA_SCALES = ("length", "raw", "rank", "zscore")
 LLM_TEXT_QUERIES = ("last", "all")
 TOKEN_ORDERS = ("spatial", "tome")
-UNET_COMPONENTS = ("self_attn", "cross_attn", "ff")
-UNET_DOWNSAMPLES = (1, 2, 4, 8)
 # settings only one family takes (the others refuse them when set): family name -> (what takes them, names)
 FAMILY_SETTINGS = {
     "unet": ("Stable Diffusion's UNet (diffusers' UNet2DConditionModel, with turbo-hf[diffusion])",
@@ -46,63 +54,6 @@ def check_setting_names(names, where: str = "TurboConfig") -> None:
         close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
         hint = f" Did you mean `{close[0]}`?" if close else ""
         raise ValueError(f"{where} got an unknown setting `{name}`.{hint} Valid settings: {', '.join(valid)}.")
-
-
-def _allowed(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
-
-
-def _non_negative_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
-
-
-def _per_layer_r(name: str, value: object, schedule: str) -> int | list[int] | None:
-    """`r` (or `text_r`) checked: None, a non-negative integer, or a non-empty list of them (with a constant
-    schedule); a tuple becomes a list."""
-    if isinstance(value, tuple):
-        value = list(value)
-    if isinstance(value, list):
-        if not value:
-            raise ValueError(f"`{name}` must not be an empty list.")
-        for entry in value:
-            _non_negative_int(name, entry)
-        if schedule != "constant":
-            raise ValueError(
-                f"`schedule={schedule!r}` spreads an integer `{name}`; a list `{name}` already is a schedule: "
-                "use `schedule='constant'`."
-            )
-    elif value is not None:
-        _non_negative_int(name, value)
-    return value
-
-
-def _keep_ratios(value: object) -> list[float] | None:
-    """`image_keep` checked: None or a non-empty, non-increasing list of ratios in (0, 1] starting at 1.0."""
-    if value is None:
-        return None
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(f"`image_keep` must be a non-empty list of ratios in (0, 1] (or None), got {value!r}.")
-    for ratio in value:
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
-            raise ValueError(f"`image_keep` ratios must be numbers in (0, 1], got {ratio!r} in {list(value)}.")
-    if value[0] != 1:
-        raise ValueError(
-            f"`image_keep[0]` must be 1.0: the first cross-attention layer has no ranking yet, got {value[0]!r}."
-        )
-    if any(later > earlier for earlier, later in zip(value, value[1:])):
-        raise ValueError(f"`image_keep` must not increase (dropped image tokens cannot come back), got {list(value)}.")
-    return [float(ratio) for ratio in value]
-
-
-def _video_keep(value: object) -> None:
-    """`video_keep` checked: None, an integer >= 1 or a float in (0, 1)."""
-    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        return
-    if not (isinstance(value, float) and 0 < value < 1):
-        raise ValueError(f"`video_keep` must be an integer >= 1 (tokens per video), a float in (0, 1) (their share) "
-                         f"or None, got {value!r}.")
 
 
 class TurboConfig(PreTrainedConfig):
@@ -256,92 +207,33 @@ class TurboConfig(PreTrainedConfig):
         return self
 
     def _validate(self) -> None:
-        self.r = _per_layer_r("r", self.r, self.schedule)
-        self.text_r = _per_layer_r("text_r", self.text_r, self.schedule)
-        self.image_keep = _keep_ratios(self.image_keep)
+        self.r = per_layer_r("r", self.r, self.schedule)
+        self.text_r = per_layer_r("text_r", self.text_r, self.schedule)
+        self.image_keep = keep_ratios(self.image_keep)
         if self.flops_ratio is not None:
             if self.r is not None:
                 raise ValueError("Give either `r` or `flops_ratio`, not both.")
             ratio = self.flops_ratio
             if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
                 raise ValueError(f"`flops_ratio` must be a number in (0, 1], got {ratio!r}.")
-        self._validate_llm()
-        _video_keep(self.video_keep)
-        self._validate_unet()
-        _allowed("schedule", self.schedule, SCHEDULES)
-        _allowed("mode", self.mode, MODES)
-        _allowed("reduction", self.reduction, REDUCTIONS)
-        _allowed("alpha_scale", self.alpha_scale, ALPHA_SCALES)
-        _allowed("token_order", self.token_order, TOKEN_ORDERS)
+        allowed("llm_text_query", self.llm_text_query, LLM_TEXT_QUERIES)
+        self.llm_layers, self.llm_keep = llm_reduction_settings(self.llm_layers, self.llm_keep)
+        video_keep(self.video_keep)
+        self.merge_components, self.merge_stride = unet_settings(self)
+        allowed("schedule", self.schedule, SCHEDULES)
+        allowed("mode", self.mode, MODES)
+        allowed("reduction", self.reduction, REDUCTIONS)
+        allowed("alpha_scale", self.alpha_scale, ALPHA_SCALES)
+        allowed("token_order", self.token_order, TOKEN_ORDERS)
         alpha = self.alpha
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
             raise ValueError(f"`alpha` must be a finite number >= 0, got {alpha!r}.")
-        _non_negative_int("semantic_start_layer", self.semantic_start_layer)
-        _non_negative_int("min_tokens", self.min_tokens)
-        _non_negative_int("seed", self.seed)
+        non_negative_int("semantic_start_layer", self.semantic_start_layer)
+        non_negative_int("min_tokens", self.min_tokens)
+        non_negative_int("seed", self.seed)
         for name in ("proportional_attention", "restore_output"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
-
-    def _validate_llm(self) -> None:
-        layers, keep = self.llm_layers, self.llm_keep
-        _allowed("llm_text_query", self.llm_text_query, LLM_TEXT_QUERIES)
-        if layers is None and keep is None:
-            return
-        if layers is None or keep is None:
-            raise ValueError("`llm_layers` and `llm_keep` go together: give both or neither.")
-        layers = [layers] if isinstance(layers, int) and not isinstance(layers, bool) else list(layers)
-        keep = [keep] if isinstance(keep, (int, float)) and not isinstance(keep, bool) else list(keep)
-        for value in layers:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`llm_layers` must hold decoder layer indices >= 1, got {self.llm_layers!r}.")
-        if layers != sorted(set(layers)):
-            raise ValueError(f"`llm_layers` must be strictly increasing, got {self.llm_layers!r}.")
-        kinds = {type(value) for value in keep}
-        if kinds == {float}:
-            for value in keep:
-                if not 0 < value < 1:
-                    raise ValueError(f"`llm_keep` shares must be floats in (0, 1), got {value!r} in {keep!r}.")
-        elif kinds == {int}:
-            for value in keep:
-                _non_negative_int("llm_keep", value)
-        else:
-            raise ValueError(
-                "`llm_keep` entries are all token counts per image (ints >= 0) or all shares of each image's tokens "
-                f"(floats in (0, 1)), got {keep!r}."
-            )
-        if len(keep) != len(layers):
-            raise ValueError(f"`llm_keep` needs one count per entry of `llm_layers`: {keep!r} for {layers!r}.")
-        if keep != sorted(keep, reverse=True):
-            raise ValueError(f"`llm_keep` must not increase from one layer to the next, got {keep!r}.")
-        self.llm_layers, self.llm_keep = layers, keep
-
-    def _validate_unet(self) -> None:
-        components, stride = self.merge_components, self.merge_stride
-        if components is not None:
-            components = list(components) if isinstance(components, (list, tuple)) else components
-            if not isinstance(components, list) or not components or len(set(components)) != len(components) or \
-                    set(components) - set(UNET_COMPONENTS):
-                raise ValueError(f"`merge_components` must be a non-empty list of distinct entries of "
-                                 f"{list(UNET_COMPONENTS)}, got {self.merge_components!r}.")
-            self.merge_components = components
-        if self.max_downsample is not None:
-            _allowed("max_downsample", self.max_downsample, UNET_DOWNSAMPLES)
-        if stride is not None:
-            stride = list(stride) if isinstance(stride, (list, tuple)) else stride
-            if not isinstance(stride, list) or len(stride) != 2 or any(
-                    isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in stride) or stride == [1, 1]:
-                raise ValueError(f"`merge_stride` must be [sx, sy], two positive integers (not [1, 1]), got {stride!r}.")
-            self.merge_stride = stride
-        if self.random_cell is not None and not isinstance(self.random_cell, bool):
-            raise ValueError(f"`random_cell` must be True, False or None, got {self.random_cell!r}.")
-        if self.merge_ratio is not None:
-            sx, sy = stride or (2, 2)
-            limit = 1 - 1 / (sx * sy)
-            ratio = self.merge_ratio
-            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= limit:
-                raise ValueError(f"`merge_ratio` must be a number in [0, {limit:g}] (at most all but one token of each "
-                                 f"{sx} x {sy} cell of `merge_stride` merge), got {ratio!r}.")
 
     def settings(self) -> dict:
         """The Turbo settings alone (no generic `PreTrainedConfig` fields), as a dict."""

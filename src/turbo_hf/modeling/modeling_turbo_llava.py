@@ -17,16 +17,14 @@ What changes against the stock model:
   mismatch raises an error that names both counts.
 - Inside the language model (`llm_layers`, `llm_keep`, `llm_text_query`; off by default): before each decoder
   layer `K` in `llm_layers`, every image keeps `llm_keep[i]` of its tokens, scored with the shared Turbo settings;
-  removed tokens leave the sequence and the KV cache of layers >= K (the stock `LlamaModel.forward` with the
-  generic wrappers of `llm_decoder_layers.py`).
+  removed tokens leave the sequence and the KV cache of layers >= K (`llm_decoder_layers.py`).
 
 With `r=0` and no `llm_layers` nothing of this is used: logits and generated ids are the stock ones, bit for bit.
 
 Not supported: a list `vision_feature_layer` while tokens merge (it concatenates hidden states of several
 layers token by token, and their token counts differ), vision towers other than CLIP, `image_sizes`,
 text models with sliding-window or hybrid attention when the bias is needed, and attention kernels that
-take no float mask (flash attention, flex) for the bias. LLaVA-NeXT (`LlavaNextForConditionalGeneration`)
-is not supported: its `pack_image_features` reshapes the features into the full patch grid.
+take no float mask (flash attention, flex) for the bias. LLaVA-NeXT and OneVision: `modeling_turbo_llava_next.py`.
 """
 
 from __future__ import annotations
