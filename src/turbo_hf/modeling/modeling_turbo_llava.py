@@ -2,8 +2,8 @@
 
 What changes against the stock model:
 
-- Vision: the tower runs only the layers that feed the language model (`vision_feature_layer=-2` skips the
-  last one) and Turbo merges tokens in them; the projector sees the merged tokens (N' instead of N).
+- Vision: the tower runs only the layers that feed the language model (`vision_feature_layer=-2` skips the last),
+  Turbo merges tokens in them; the projector sees N' merged tokens.
 - Language model: every image token stands for `size` patches. Proportional attention adds `log(size)` to
   the attention logits of every query on those image-token keys: the model builds the 4D float mask of the
   language model itself (the stock causal/padding mask plus the bias, `llm_token_masks.image_bias_mask`). The
@@ -12,9 +12,8 @@ What changes against the stock model:
   `get_image_features` and expands (beam search) or slices (chunked prefill) the output's `pooler_output` and
   `deepstack_features`; the per-feature size travels in the latter, so it stays aligned with the features. The
   bias follows the core's rule (`LayerStep.attention_bias`: proportional attention with `reduction="merge"`).
-- Placeholders: the text must hold N' `<image>` tokens per image; `TurboLlavaProcessor`
-  (`processing_turbo_llava.py`) counts them with the model's count (`llava_token_counts.image_tokens`), and a
-  mismatch raises an error that names both counts.
+- Placeholders: the text must hold N' `<image>` tokens per image; `TurboLlavaProcessor` counts them with the
+  model's count (`llava_token_counts.image_tokens`); a mismatch raises an error that names both counts.
 - Inside the language model (`llm_layers`, `llm_keep`, `llm_text_query`; off by default): before each decoder
   layer `K` in `llm_layers`, every image keeps `llm_keep[i]` of its tokens, scored with the shared Turbo settings;
   removed tokens leave the sequence and the KV cache of layers >= K (`llm_decoder_layers.py`).
