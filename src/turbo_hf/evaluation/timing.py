@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -103,4 +104,16 @@ def timing_summary(samples: list[float]) -> dict[str, float]:
     return {"median": median, "min": min(samples), "max": max(samples), "spread": (max(samples) - min(samples)) / median}
 
 
-__all__ = ["interleaved_medians", "interleaved_times", "synchronize", "timing_summary"]
+def load_warning(threads: int) -> str | None:
+    """A warning when other work shares the CPUs: the 1-minute load average plus the `threads` a benchmark adds
+    exceeds the cores (timings then carry that contention); None on a quiet machine or where load is unknown."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load + threads <= cores:
+        return None
+    return (f"load average {load:.1f} with {threads} benchmark thread(s) on {cores} cores: other work shares the "
+            "CPUs, so timings are noisy (compare settings within one run, through their medians and spread)")
+
+
+__all__ = ["interleaved_medians", "interleaved_times", "load_warning", "synchronize", "timing_summary"]
