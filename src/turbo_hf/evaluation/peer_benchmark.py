@@ -196,6 +196,9 @@ def run_peer_benchmark(
             "final_tokens": plan["token_counts"][-1] if plan else None,
             "flops_fraction": round(plan["flops_fraction"], 5) if plan else None,
             **_agreement(logits[name], logits[own_stock]),
+            "max_abs_logit_diff_vs_turbo_hf_tome": (
+                float((logits[name] - logits[f"turbo-hf tome r={r}"]).abs().max()) if env == "peers" and r else None
+            ),
             "latency_b1_ms": round(1000 * single["median"], 2),
             "latency_b1_spread": round(single["spread"], 3),
             "speedup_b1_vs_own_stock": round(stock_single / single["median"], 4),

@@ -11,8 +11,8 @@ transformers and the peer packages, lazily) and drives it over stdin/stdout, one
 - `{"quit": true}` ends it.
 
 With `--memory NAME` it instead loads one setting, runs one forward on `--key` and prints the peak resident memory
-that forward added (`ru_maxrss` after minus before, MiB): one fresh process per setting, the same measure for
-every setting and environment.
+that forward added (`peak_forward_rss_mib`, MiB): one fresh process per setting, the same measure for every
+setting and environment.
 
 Settings: `stock` (the checkpoint as loaded), `pruna:R` (pruna `token_merging`, r=R, proportional attention on),
 `turbo:MODE:R` (turbo-hf, in an environment that has it).
@@ -101,11 +101,28 @@ def tokens_out(model) -> int | None:
     return None if size is None else int(size.shape[1])
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
 def peak_forward_rss_mib(model, pixels) -> float:
-    """Resident memory one forward adds over the loaded model (MiB; `ru_maxrss` is in KiB on Linux)."""
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    logits_of(model, pixels)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    """Peak resident memory one forward adds over the loaded model (MiB).
+
+    Linux: the high-water mark is reset after loading (`/proc/self/clear_refs`), so the weights' loading peak does
+    not hide the forward's; the forward's peak `VmHWM` minus `VmRSS` before it. Elsewhere, `ru_maxrss` after minus
+    before (then 0 unless the forward tops the loading peak).
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        before = _status_kib("VmRSS")
+        logits_of(model, pixels)
+        return (_status_kib("VmHWM") - before) / 1024
+    except OSError:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        logits_of(model, pixels)
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
 
 
 def serve(models: dict, inputs: dict) -> None:
