@@ -5,7 +5,8 @@ float32, one fixed random batch. One model instance per setting, each compiled o
 (inductor by default, `fullgraph=True`: with a fixed `r` every shape is static, so Turbo compiles into one graph
 like the stock model, and a graph break fails the run). Compilation happens in an untimed first call (its time
 is reported); then every setting runs once per round, round-robin with a rotating start
-(`turbo_hf.evaluation.timing.interleaved_times`), and the median, min and max over rounds are reported. Eager rows (`--eager`) give the same settings without compile.
+(`turbo_hf.evaluation.timing.interleaved_times`), and the median, min and max over rounds are reported. Eager
+rows (`--eager`) give the same settings without compile.
 
     PYTHONPATH=src python scripts/benchmark_compile.py --rounds 5
 """
