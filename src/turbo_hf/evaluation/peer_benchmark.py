@@ -206,6 +206,9 @@ def run_peer_benchmark(
             "batch_spread": round(batch["spread"], 3),
             "images_per_s": round(batch_size / batch["median"], 3),
             "speedup_batch_vs_own_stock": round(stock_batch / batch["median"], 4),
+            # the least disturbed rounds: a check of the medians on a shared machine
+            "speedup_b1_of_min_vs_own_stock": round(min(results["single"][own_stock]) / single["min"], 4),
+            "speedup_batch_of_min_vs_own_stock": round(min(results["batch"][own_stock]) / batch["min"], 4),
             "peak_forward_rss_mib": round(peaks[name], 1) if name in peaks else None,
             "latencies_b1_ms": [round(1000 * t, 2) for t in results["single"][name]],
             "batch_times_ms": [round(1000 * t, 1) for t in results["batch"][name]],

@@ -109,10 +109,12 @@ def _status_kib(field: str) -> int:
 def peak_forward_rss_mib(model, pixels) -> float:
     """Peak resident memory one forward adds over the loaded model (MiB).
 
-    Linux: the high-water mark is reset after loading (`/proc/self/clear_refs`), so the weights' loading peak does
-    not hide the forward's; the forward's peak `VmHWM` minus `VmRSS` before it. Elsewhere, `ru_maxrss` after minus
-    before (then 0 unless the forward tops the loading peak).
+    A batch-1 forward first pages in every weight (a loaded checkpoint may still be mapped from disk). Linux: the
+    high-water mark is then reset (`/proc/self/clear_refs`), so loading's peak does not hide the forward's; the
+    forward's peak `VmHWM` minus `VmRSS` before it. Elsewhere, `ru_maxrss` after minus before (then 0 unless the
+    forward tops the loading peak).
     """
+    logits_of(model, pixels[:1])
     try:
         with open("/proc/self/clear_refs", "w") as clear:
             clear.write("5")
