@@ -5,7 +5,7 @@ import torch
 from transformers import ViTConfig, ViTModel
 
 from turbo_hf import TurboConfig, apply_turbo
-from turbo_hf.evaluation.merge_profile import COMPONENTS, profile_merge_overhead, timed_components
+from turbo_hf.evaluation.merge_profile import COMPONENTS, layer_count_limit, profile_merge_overhead, timed_components
 from turbo_hf.modeling import turbo_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,3 +34,9 @@ def test_profile_reports_shares_of_the_turbo_forward():
     shares = [component["share"] for component in result["components"].values()]
     assert all(0 < share < 1 for share in shares)
     assert result["overhead_share"] == pytest.approx(sum(shares)) and result["turbo_ms"] > 0
+
+
+def test_layer_count_limit_is_one_without_merging_and_above_one_with_it():
+    layer = ViTModel(ViTConfig(**CONFIG)).eval().layers[0]
+    assert layer_count_limit(layer, [17, 17], batch=1, rounds=1) == 1
+    assert layer_count_limit(layer, [400, 4], batch=2, rounds=2) > 1  # 100x fewer tokens cost less

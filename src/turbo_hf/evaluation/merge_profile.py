@@ -109,4 +109,22 @@ def profile_merge_overhead(
     }
 
 
-__all__ = ["COMPONENTS", "profile_merge_overhead", "timed_components"]
+def layer_count_limit(layer: nn.Module, counts: list[int], batch: int, rounds: int = 3) -> float:
+    """The speed-up a schedule allows given how one stock `layer` really scales with its token count.
+
+    The FLOP limit assumes a layer's cost is linear in its tokens; at small batches it is not (weights are read
+    and every op is dispatched whatever the count). This times the stock layer at the input count and at each
+    count the schedule leaves (`counts`: tokens entering each layer, as `turbo_plan`'s `token_counts` without
+    the last), medians over interleaved rounds, and returns `len(counts) * t(counts[0]) / sum(t(n) for n in
+    counts)`: an upper bound for the measured speed-up (each layer priced at its input count, its MLP included).
+    """
+    width = next(p for p in layer.parameters()).shape[-1]
+    inputs = {n: torch.randn(batch, n, width) for n in sorted(set(counts))}
+    with torch.inference_mode():
+        times = interleaved_times({n: (lambda x=x: layer(x)) for n, x in inputs.items()}, repeats=rounds,
+                                  warmup=1, rotate=True)
+    medians = {n: statistics.median(values) for n, values in times.items()}
+    return len(counts) * medians[counts[0]] / sum(medians[n] for n in counts)
+
+
+__all__ = ["COMPONENTS", "layer_count_limit", "profile_merge_overhead", "timed_components"]
