@@ -5,7 +5,12 @@ import torch
 from transformers import ViTConfig, ViTModel
 
 from turbo_hf import TurboConfig, apply_turbo
-from turbo_hf.evaluation.merge_profile import COMPONENTS, layer_count_limit, profile_merge_overhead, timed_components
+from turbo_hf.evaluation.merge_profile import (
+    COMPONENTS,
+    layer_count_limit,
+    profile_merge_overhead,
+    timed_components,
+)
 from turbo_hf.modeling import turbo_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")

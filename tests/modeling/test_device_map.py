@@ -54,7 +54,8 @@ def test_offloaded_to_disk_equals_the_model_loaded_whole(name, tmp_path):
         whole, max_memory={"cpu": compute_module_sizes(whole)[""] // 2}, no_split_module_classes=whole._no_split_modules
     )
     assert set(device_map.values()) == {"cpu", "disk"}
-    layers = [n for n, m in whole.named_modules() if type(m).__name__ in whole._no_split_modules and "Turbo" in type(m).__name__]
+    layers = [name for name, module in whole.named_modules()
+              if type(module).__name__ in whole._no_split_modules and "Turbo" in type(module).__name__]
     assert layers and not any(key.startswith(layer + ".") for key in device_map for layer in layers)
     offloaded = turbo_class.from_pretrained(
         tmp_path / "turbo", device_map=device_map, offload_folder=tmp_path / "offload"
