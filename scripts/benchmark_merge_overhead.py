@@ -50,12 +50,11 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    torch.manual_seed(args.seed)
-    config = ViTConfig()
-    if args.small:
-        config = ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-                           image_size=64, patch_size=8)
+    shape = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, image_size=64,
+                 patch_size=8) if args.small else {}
+    config = ViTConfig(**shape)
     config._attn_implementation = "sdpa"
+    torch.manual_seed(args.seed)
     stock = ViTModel(config, add_pooling_layer=False).eval()
     tokens = (config.image_size // config.patch_size) ** 2 + 1
     warning = load_warning(torch.get_num_threads())
