@@ -107,8 +107,9 @@ def main(argv=None) -> dict:
         f"shares: the median time of each merge-core piece inside a Turbo forward over the Turbo median "
         f"(semantic row: `semantic_value`; matching: `key_metric` + `bipartite_plan`; merging: `merge_tokens` + "
         f"`update_source`; bias: `proportional_bias`). of limit = speed-up / FLOP limit. Layer-count limit: the "
-        f"speed-up the stock layer itself allows at Turbo's token counts, timed at each count "
-        f"(`merge_profile.layer_count_limit`): the FLOP limit prices a layer linearly in its tokens, which a "
+        f"speed-up the stock layer itself allows at Turbo's token counts, timed at each layer's input count "
+        f"(`merge_profile.layer_count_limit`; the MLP after the merge runs at r fewer, so slightly low): the "
+        f"FLOP limit prices a layer linearly in its tokens, which a "
         f"small batch does not follow (weights are read and ops dispatched whatever the count)."
         + (f"\n\n**{warning}.**" if warning else "")
     )

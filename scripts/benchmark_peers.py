@@ -92,6 +92,7 @@ def main(argv=None) -> dict:
     meta["stock_peer_env_vs_this"] = result["stock_peer_env_vs_this"]
     meta["load_warning"] = warning
     versions = result["peer_versions"] or {}
+    same = [row["max_abs_logit_diff_vs_turbo_hf_tome"] for row in rows if row["max_abs_logit_diff_vs_turbo_hf_tome"]]
     notes = (
         f"ViT-B/16-shaped `ViTForImageClassification` (`ViTConfig()`, 1000 labels, random weights, seed "
         f"{args.seed}; one saved folder that every setting loads), {result['tokens']} tokens, float32, SDPA, "
@@ -106,6 +107,7 @@ def main(argv=None) -> dict:
         f"one batch-{args.batch_size} forward adds over the loaded model (after a batch-1 forward that pages in "
         f"the weights), in a fresh process per setting. turbo-hf "
         f"`tome` uses ToMe's token order (`token_order='tome'`). FLOP limit = 1 / turbo_plan flops_fraction."
+        + (f" pruna's logits against turbo-hf `tome` at the same r: max |difference| {max(same):.1e}." if same else "")
         + (f"\n\n**{warning}.**" if warning else "")
     )
     title = f"# Against the peers: ViT-B/16, 224 px, batch 1 and {args.batch_size}"

@@ -116,7 +116,8 @@ def layer_count_limit(layer: nn.Module, counts: list[int], batch: int, rounds: i
     and every op is dispatched whatever the count). This times the stock layer at the input count and at each
     count the schedule leaves (`counts`: tokens entering each layer, as `turbo_plan`'s `token_counts` without
     the last), medians over interleaved rounds, and returns `len(counts) * t(counts[0]) / sum(t(n) for n in
-    counts)`: an upper bound for the measured speed-up (each layer priced at its input count, its MLP included).
+    counts)`: each layer priced at its input count, its MLP included (which runs at r tokens fewer), so a slight
+    underestimate of what the schedule allows.
     """
     width = next(p for p in layer.parameters()).shape[-1]
     inputs = {n: torch.randn(batch, n, width) for n in sorted(set(counts))}
