@@ -230,6 +230,9 @@ SUMMARIES = [
      "--threads 1"),
     ("compile_vit", "Compiled: `torch.compile` stock against compiled Turbo (ViT-B/16)",
      "PYTHONPATH=src python scripts/benchmark_compile.py --rounds 3 --warmup 0"),
+    ("compile_vit_b1", "Compiled at batch 1 (ViT-B/16, r=16)",
+     "PYTHONPATH=src python scripts/benchmark_compile.py --batch-size 1 --r 16 --rounds 7 --threads 1 "
+     "--name compile_vit_b1"),
     ("merge_overhead_vit_b16", "Merge overhead per component (ViT-B/16, eager)",
      "PYTHONPATH=src python scripts/benchmark_merge_overhead.py --batch-sizes 1,16 --r 16 --rounds 5 --threads 1"),
 ]
