@@ -8,7 +8,11 @@ is not on PyPI and no maintained package provides it for timm, so there is no ti
 The peers are not turbo-hf dependencies. Their environment:
 
     python3 -m venv /work/venv-peers
-    /work/venv-peers/bin/pip install torch==2.13.0 torchvision==0.28.0 'transformers<5' pruna==0.3.4
+    /work/venv-peers/bin/pip install torch==2.13.0 torchvision==0.28.0 'transformers<5' pruna==0.3.4 \
+        'huggingface-hub<1' 'kernels<0.15' diffusers datasets
+
+(PyPI's torch 2.13.0 wheel there is the CUDA build: PyPI's torchvision 0.28 links against it, and pruna needs
+torchvision; Transformers 4.x needs huggingface-hub < 1, which older kernels / diffusers / datasets accept.)
 
 Run (ViT-B/16, 224 px; latency at batch 1, throughput at --batch-size):
 

@@ -54,7 +54,8 @@ def require(package: str, install: str) -> None:
 
 PRUNA_INSTALL = (
     "python3 -m venv /work/venv-peers && /work/venv-peers/bin/pip install torch==2.13.0 torchvision==0.28.0 "
-    "'transformers<5' pruna==0.3.4 (pruna's token_merging patches Transformers 4.x ViT classes)"
+    "'transformers<5' pruna==0.3.4 'huggingface-hub<1' 'kernels<0.15' diffusers datasets (pruna's token_merging "
+    "patches Transformers 4.x ViT classes; PyPI's torchvision is built for PyPI's CUDA torch, not a +cpu one)"
 )
 
 
