@@ -2,10 +2,11 @@
 
 `ViTConfig()` defaults (ViT-B/16: 12 layers, width 768, 224 px, 197 tokens), random weights, SDPA attention,
 float32, one fixed random batch. One model instance per setting, each compiled once with `torch.compile`
-(inductor by default; with a fixed `r` every shape is static, so Turbo compiles into one graph like the
-stock model). Compilation happens in an untimed first call (its time is reported); then every setting runs
-once per round, round-robin with a rotating start (`turbo_hf.evaluation.timing.interleaved_times`), and the median,
-min and max over rounds are reported. Eager rows (`--eager`) give the same settings without compile.
+(inductor by default, `fullgraph=True`: with a fixed `r` every shape is static, so Turbo compiles into one graph
+like the stock model, and a graph break fails the run). Compilation happens in an untimed first call (its time
+is reported); then every setting runs once per round, round-robin with a rotating start
+(`turbo_hf.evaluation.timing.interleaved_times`), and the median, min and max over rounds are reported. Eager
+rows (`--eager`) give the same settings without compile.
 
     PYTHONPATH=src python scripts/benchmark_compile.py --rounds 5
 """
@@ -75,7 +76,7 @@ def main(argv=None) -> dict:
     with torch.inference_mode():
         for name, r, model in settings:
             eager_out = model(pixel_values=pixels).last_hidden_state
-            compiled = torch.compile(model, backend=args.backend)
+            compiled = torch.compile(model, backend=args.backend, fullgraph=True)  # one graph, no break
             start = time.perf_counter()
             compiled_out = compiled(pixel_values=pixels).last_hidden_state
             compile_s[name] = time.perf_counter() - start

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from turbo_hf.evaluation.arguments import comma_type
-from turbo_hf.evaluation.llm_reduction_benchmark import load_warning
+from turbo_hf.evaluation.timing import load_warning
 from turbo_hf.evaluation.qwen_llm_benchmark import (
     build_qwen2_vl, cost_markdown, cost_split, results_markdown, run_qwen2_vl,
 )
@@ -60,7 +60,7 @@ def main() -> None:
                         repeats=repeats, warmup=args.warmup, new_tokens=new_tokens, attn=args.attn, quick=args.quick)
     meta["runtime_s"] = time.time() - start
     meta["model"] = {"folder": args.checkpoint or "random Qwen2-VL-shaped weights"}
-    meta["load_warning"] = load_warning()
+    meta["load_warning"] = load_warning(torch.get_num_threads())
     notes = (
         "*prefill*: one forward over the prompt and image (`use_cache=True`, `logits_to_keep=1`); *decode*: "
         f"{new_tokens} greedy steps on that prefill's KV cache, per token. Medians of {repeats} interleaved rounds "

@@ -223,6 +223,38 @@ def make_plot(quality: dict, speed: dict, path: Path) -> Path | None:
     return path
 
 
+# measured tables quoted from their own .md (stem, heading, the command that measured them)
+SUMMARIES = [
+    ("peers_vit_b16", "Against the peers: pruna `token_merging` and ToMe on identical ViT-B/16 weights",
+     "PYTHONPATH=src python scripts/benchmark_peers.py --r 8,13,16 --batch-size 8 --rounds 5 --rounds-single 7 "
+     "--threads 1"),
+    ("compile_vit", "Compiled: `torch.compile` stock against compiled Turbo (ViT-B/16)",
+     "PYTHONPATH=src python scripts/benchmark_compile.py --rounds 3 --warmup 0"),
+    ("compile_vit_b1", "Compiled at batch 1 (ViT-B/16, r=16)",
+     "PYTHONPATH=src python scripts/benchmark_compile.py --batch-size 1 --r 16 --rounds 7 --threads 1 "
+     "--name compile_vit_b1"),
+    ("merge_overhead_vit_b16", "Merge overhead per component (ViT-B/16, eager)",
+     "PYTHONPATH=src python scripts/benchmark_merge_overhead.py --batch-sizes 1,16 --r 16 --rounds 5 --threads 1"),
+]
+
+
+def summary_sections(bench_dir: Path) -> list[str]:
+    """The first table of each `SUMMARIES` result's .md, with its command and a link to the notes."""
+    sections = []
+    for stem, heading, command in SUMMARIES:
+        path = bench_dir / f"{stem}.md"
+        if not path.is_file():
+            continue
+        lines, table = path.read_text().splitlines(), []
+        for line in lines[lines.index(next(line for line in lines if line.startswith("|"))):]:
+            if not line.startswith("|"):
+                break
+            table.append(line)
+        sections.append("\n\n".join([f"## {heading}", f"`{command}`; settings, machine load and caveats: "
+                                      f"[{path.name}]({path.name}).", "\n".join(table)]))
+    return sections
+
+
 def eval_sections(bench_dir: Path, skip: set[str]) -> list[str]:
     """Sections for results written by scripts/eval_*.py (JSON with "task" and "rows")."""
     from turbo_hf.evaluation.driver import results_table
@@ -278,6 +310,7 @@ def run(argv=None) -> int:
     if plot is not None:
         sections.append(f"![Turbo on DINOv2: quality and measured speed]({plot.name})")
     sections += [speed_text, quality_section(quality, efficiency)]
+    sections += summary_sections(bench_dir)
     extra = eval_sections(bench_dir, {args.speed, args.quality})
     if extra:
         sections += ["# Other evaluations"] + extra

@@ -13,7 +13,6 @@ tomesd is a peer library, not a dependency of turbo-hf: it is imported only when
 from __future__ import annotations
 
 import math
-import os
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import torch
 
 from ..modeling.patching import apply_turbo, is_turbo_applied, remove_turbo
 from .measurement import count_flops, peak_memory
-from .timing import interleaved_times
+from .timing import interleaved_times, load_warning
 
 # The SD-1.5 UNet (`runwayml/stable-diffusion-v1-5`, unet/config.json): 64 x 64 latents, CLIP ViT-L text states.
 SD15_UNET = dict(
@@ -107,17 +106,6 @@ def psnr(image: torch.Tensor, reference: torch.Tensor) -> float:
     """Peak signal-to-noise ratio (dB) of images in [0, 1] against a reference (inf when equal)."""
     mse = float(((image.float() - reference.float()) ** 2).mean())
     return math.inf if mse == 0 else 10 * math.log10(1 / mse)
-
-
-def load_warning(threads: int) -> str | None:
-    """Why timings may be unreliable: other work on the cores before timing (None on a quiet machine)."""
-    if not hasattr(os, "getloadavg"):
-        return None
-    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
-    if load + threads > cpus + 1:
-        return (f"load average {load:.1f} on {cpus} CPUs before timing with {threads} threads: other work competes "
-                "for the cores, so the speed-ups are unreliable.")
-    return None
 
 
 def measure(unet, settings: list[DiffusionSetting], run: Callable[[], torch.Tensor], compare: Callable[[torch.Tensor,

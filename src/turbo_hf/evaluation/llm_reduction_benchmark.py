@@ -19,7 +19,6 @@ Used by `scripts/benchmark_vlm_llm.py` (Qwen2-VL) and `scripts/benchmark_llava_l
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from transformers.utils import logging
 
 from ..modeling.compat import cache_kwargs, cache_of
 from ..modeling.llm_token_masks import STATE_ATTRIBUTE
-from .timing import interleaved_times, timing_summary
+from .timing import interleaved_times, load_warning, timing_summary
 
 logger = logging.get_logger(__name__)
 
@@ -105,16 +104,6 @@ def peak_tensor_megabytes(call: Callable[[], object]) -> float:
     return peak / 2**20
 
 
-def load_warning() -> str | None:
-    """A warning when the machine's 1-minute load is above its usable cores (timings then include waiting)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if load > cores:
-        return (f"load average {load:.1f} is above the {cores} usable cores: wall-clock times include waiting for a "
-                "core; the CPU-time ratios are the better measure of the compute.")
-    return None
-
-
 def measure_settings(
     settings: list[tuple[str, dict | None]],
     build: Callable[[dict | None], tuple[object, dict, dict]],
@@ -180,10 +169,10 @@ def measure_settings(
         entry["peak_memory_ratio"] = entry["peak_tensor_mb"] / stock["peak_tensor_mb"]
         entry["kv_cache_ratio"] = entry["kv_cache_mb"] / stock["kv_cache_mb"]
         entry["token_layer_limit"] = sum(stock["cache_tokens_per_layer"]) / sum(entry["cache_tokens_per_layer"])
-    warning = load_warning()
+    warning = load_warning(torch.get_num_threads())
     if warning:
         logger.warning(warning)
     return result
 
 
-__all__ = ["DecodeRunner", "cache_megabytes", "load_warning", "measure_settings", "peak_tensor_megabytes"]
+__all__ = ["DecodeRunner", "cache_megabytes", "measure_settings", "peak_tensor_megabytes"]

@@ -288,6 +288,17 @@ def timing_warnings(
     return found
 
 
+def load_warning(threads: int) -> str | None:
+    """A warning when other work shares the CPUs: the 1-minute load average plus the `threads` a benchmark adds
+    exceeds the usable cores (timings then carry that contention); None on a quiet machine or where load is
+    unknown. For runs that have no CPU share of their own to judge by (`timing_warnings` has)."""
+    load, cores = load_average(), available_cpus()
+    if load is None or load + threads <= cores:
+        return None
+    return (f"load average {load:.1f} with {threads} benchmark thread(s) on {cores} cores: other work shares the "
+            "CPUs, so timings are noisy (compare settings within one run, through their medians and spread)")
+
+
 __all__ = [
     "cpu_clocked",
     "CPU_SHARE_LIMIT",
@@ -299,6 +310,7 @@ __all__ = [
     "interleaved_medians",
     "interleaved_times",
     "load_average",
+    "load_warning",
     "round_speedups",
     "synchronize",
     "timed_rounds",

@@ -300,7 +300,12 @@ def plan_from_pairs(src_idx: torch.Tensor, dst_idx: torch.Tensor, num_tokens: in
 
 
 def _gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+    """Rows `values[b, index[b, i]]` (B, M, C): one `index_select` over the flattened rows (the same copy as a
+    `gather` with an expanded index, several times faster on CPU)."""
+    batch, rows, channels = values.shape
+    offsets = torch.arange(batch, device=index.device).unsqueeze(1) * rows
+    picked = values.reshape(batch * rows, channels).index_select(0, (index + offsets).reshape(-1))
+    return picked.view(batch, index.shape[1], channels)
 
 
 def merge_tokens(
@@ -325,9 +330,10 @@ def merge_tokens(
     src_size = size.gather(1, plan.src_idx.unsqueeze(-1))
     src_weighted = _gather_rows(hidden, plan.src_idx) * src_size
     merged_size = kept_size.scatter_add(1, dst.unsqueeze(-1), src_size)
-    total = (kept * kept_size).scatter_add(1, dst.unsqueeze(-1).expand_as(src_weighted), src_weighted)
+    # in place on the fresh product: two passes over (B, N - r, C) fewer than out-of-place, the same values
+    total = (kept * kept_size).scatter_add_(1, dst.unsqueeze(-1).expand_as(src_weighted), src_weighted)
     touched = torch.zeros_like(kept_size, dtype=torch.bool).scatter_(1, dst.unsqueeze(-1), True)
-    merged = torch.where(touched, (total / merged_size).to(kept.dtype), kept)
+    merged = torch.where(touched, total.div_(merged_size).to(kept.dtype), kept)
     return merged, merged_size
 
 

@@ -98,14 +98,14 @@ class TurboSiglipModel(TurboModelMixin, SiglipModel):
     """`SiglipModel` with Turbo in its vision tower; the text tower is the stock one."""
 
     config_class = TurboSiglipConfig
-    _no_split_modules = ["SiglipTextEmbeddings", "SiglipEncoderLayer", "SiglipVisionEmbeddings", "TurboSiglipEncoderLayer"]
+    _no_split_modules = ["SiglipTextEmbeddings", "SiglipEncoderLayer", "SiglipVisionEmbeddings", "TurboSiglipEncoderLayer", "TurboSiglipMultiheadAttentionPoolingHead"]
 
 
 class TurboSiglipForImageClassification(TurboModelMixin, SiglipForImageClassification):
     """The stock head on the token mean, taken over the unmerged tokens (a size-weighted mean)."""
 
     config_class = TurboSiglipConfig
-    _no_split_modules = ["SiglipVisionEmbeddings", "TurboSiglipEncoderLayer"]
+    _no_split_modules = ["SiglipVisionEmbeddings", "TurboSiglipEncoderLayer", "TurboSiglipMultiheadAttentionPoolingHead"]
 
     @can_return_tuple
     def forward(self, pixel_values=None, labels=None, interpolate_pos_encoding=False, **kwargs):

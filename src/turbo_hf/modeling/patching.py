@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -316,7 +317,7 @@ def _swap(model, adapter, config, groups, runtimes, extra) -> None:
             swapped.append((module, stock_class))
             module.__dict__[_PATCH_TAG] = patch
             if type(module) is not turbo_class:
-                module.__class__ = turbo_class
+                _set_class(module, turbo_class)
                 _register_outputs(module)
     for vision, runtime in runtimes:
         vision.turbo_runtime = runtime
@@ -324,6 +325,15 @@ def _swap(model, adapter, config, groups, runtimes, extra) -> None:
     for name, encoder, runtime in extra:
         encoder.turbo_runtime = runtime
         patch.encoders.append((name, encoder))
+
+
+def _set_class(module: nn.Module, new_class: type) -> None:
+    """Swap a module's class; a module that Accelerate dispatched (`device_map`, offloading) keeps its hook, whose
+    wrapper calls the forward it saved (`_old_forward`, bound to the old class): that one follows the swap."""
+    hooked = module.__dict__.get("_old_forward")
+    module.__class__ = new_class
+    if isinstance(hooked, types.MethodType) and hooked.__self__ is module:
+        module._old_forward = types.MethodType(new_class.forward, module)
 
 
 def apply_turbo_from_config(model: nn.Module) -> nn.Module:
@@ -350,7 +360,7 @@ def remove_turbo(model: nn.Module) -> nn.Module:
     if patch is None:
         raise ValueError(f"{type(model).__name__} has no Turbo patch to remove: call `apply_turbo` first.")
     for module, stock_class in reversed(patch.swapped):
-        module.__class__ = stock_class
+        _set_class(module, stock_class)
         module.__dict__.pop(_PATCH_TAG, None)
     for module in patch.vision_models + [encoder for _, encoder in patch.encoders]:
         module.__dict__.pop("turbo_runtime", None)

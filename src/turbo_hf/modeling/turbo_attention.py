@@ -5,6 +5,10 @@ the way its stock module does (separate `q_proj`/`k_proj`/`v_proj`, or one fused
 calls `ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager)` with the `log(size)` bias as
 the additive attention mask (or the model's own mask, or None: the stock computation). The forward returns
 what Turbo scores as well: `(output, weights, queries, keys)`, queries and keys (B, H, N, Dh).
+
+`turbo_flex_attention` is registered in that interface as `"turbo_flex"` (`attn_implementation="turbo_flex"`):
+FlexAttention with the additive mask added to the logits by a `score_mod` (`log(size)` read per key), so the
+bias needs no materialised (B, H, N, N) score bias; compiled on accelerators, the unfused reference on CPU.
 """
 
 from __future__ import annotations
@@ -13,7 +17,78 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from torch.nn.attention.flex_attention import flex_attention
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+TURBO_FLEX = "turbo_flex"
+_compiled_flex: list[Callable] = []  # `torch.compile(flex_attention)`, built on first use off the CPU
+
+
+def _flex_kernel(query: torch.Tensor) -> Callable:
+    """FlexAttention as it should run here: inside a compiled graph or on CPU the plain function (on CPU its
+    unfused reference), elsewhere compiled once (the fused kernel)."""
+    if torch.compiler.is_compiling() or query.device.type == "cpu":
+        return flex_attention
+    if not _compiled_flex:
+        _compiled_flex.append(torch.compile(flex_attention, dynamic=False))
+    return _compiled_flex[0]
+
+
+def turbo_flex_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """An attention function of Transformers' interface on `torch.nn.attention.flex_attention`.
+
+    `attention_mask` is an additive float mask broadcastable to (B, H, Q, K) (Turbo's `log(size)` key bias
+    (B, 1, 1, K), or the model's own mask, which `"turbo_flex"` builds the eager way: 0 or the dtype's minimum),
+    or a boolean mask (True: attend), or None. It is added to each logit by a `score_mod` that reads it at
+    [b, h, q, k] through a broadcast view, so a (B, 1, 1, K) bias costs K values, not B * H * Q * K. Returns the
+    context (B, Q, H, Dh) and no weights, like the fused implementations.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from turbo_hf.modeling.turbo_attention import turbo_flex_attention
+    >>> q, k, v = (torch.randn(1, 2, 5, 4) for _ in range(3))
+    >>> bias = torch.tensor([1.0, 2.0, 1.0, 3.0, 1.0]).log()[None, None, None]
+    >>> out, _ = turbo_flex_attention(None, q, k, v, bias, scaling=0.5)
+    >>> expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=0.5)
+    >>> torch.allclose(out.transpose(1, 2), expected, atol=1e-5)
+    True
+    ```
+    """
+    if dropout > 0:
+        raise ValueError(f"`{TURBO_FLEX}` attention has no dropout; got `dropout={dropout}` (call `model.eval()`).")
+    score_mod = None
+    if attention_mask is not None:
+        bias = attention_mask
+        if bias.dtype == torch.bool:
+            bias = torch.zeros(bias.shape, dtype=query.dtype, device=query.device).masked_fill(
+                ~bias, torch.finfo(query.dtype).min
+            )
+        batch, heads, q_len, k_len = query.shape[0], query.shape[1], query.shape[2], key.shape[2]
+        bias = bias.expand(batch, heads, q_len, k_len)
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + bias[b, h, q_idx, kv_idx]
+
+    output = _flex_kernel(query)(
+        query, key, value, score_mod=score_mod, scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
+    )
+    return output.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(TURBO_FLEX, turbo_flex_attention)
+AttentionMaskInterface.register(TURBO_FLEX, eager_mask)
 
 
 def turbo_attention(
@@ -111,4 +186,4 @@ class TurboAttentionMixin:
         return getattr(self, self.turbo_out_proj)(output), weights, query, keys
 
 
-__all__ = ["TurboAttentionMixin", "turbo_attention"]
+__all__ = ["TURBO_FLEX", "TurboAttentionMixin", "turbo_attention", "turbo_flex_attention"]
