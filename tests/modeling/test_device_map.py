@@ -82,3 +82,15 @@ def test_apply_turbo_and_remove_turbo_on_a_dispatched_stock_model(tmp_path):
     assert torch.equal(case.read(model, inputs), expected)
     remove_turbo(model)
     assert torch.equal(case.read(model, inputs), stock_rows)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_qwen_turbo_decoder_layers_are_named_in_no_split_modules(family):
+    from turbo_hf.testing import tiny_models
+
+    names = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL", "qwen3_vl": "Qwen3VL"}
+    turbo_class = getattr(turbo_hf.modeling, f"Turbo{names[family]}ForConditionalGeneration")
+    model = apply_turbo(turbo_class(getattr(tiny_models, f"{family}_config")()), llm_layers=[2], llm_keep=[0.5])
+    layers = {type(module).__name__ for module in model.modules() if type(module).__name__.endswith("DecoderLayer")}
+    assert layers and all(name.startswith("Turbo") for name in layers)
+    assert layers <= set(model._no_split_modules), sorted(layers - set(model._no_split_modules))

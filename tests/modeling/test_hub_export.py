@@ -136,7 +136,7 @@ def test_patched_stock_model_saves_a_stock_checkpoint_with_a_warning(tmp_path, c
 # Module-level calls the remote code may make: registration with Transformers and the adapter registry.
 REGISTER_CALLS = {
     "register_adapter", "register_grid_family", "_register_text_tower", "AutoConfig.register", "AutoModel.register",
-    "AutoProcessor.register",
+    "AutoProcessor.register", "AttentionInterface.register", "AttentionMaskInterface.register",
 }
 # Calls that may build a module-level value or decorate a definition: pure constructors and decorators.
 PURE_CALLS = {

@@ -59,9 +59,8 @@ from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import LayerStep, TurboRuntime
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Models
-# ----------------------------------------------------------------------------------------------------------
+# kept whole under a `device_map`: the tower's Turbo layers, and the language model's when it reduces image tokens
+LLAVA_NO_SPLIT = ["CLIPVisionEmbeddings", "TurboCLIPEncoderLayer", "LlavaMultiModalProjector", "TurboLlamaDecoderLayer"]
 
 
 class TurboLlavaModel(TurboHubMixin, LlavaModel):
@@ -69,7 +68,7 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
     image tokens with proportional attention (`log(size)` bias, kept on the KV cache for decoding)."""
 
     config_class = TurboLlavaConfig
-    _no_split_modules = ["CLIPVisionEmbeddings", "TurboCLIPEncoderLayer", "LlavaMultiModalProjector"]
+    _no_split_modules = LLAVA_NO_SPLIT
 
     def __init__(self, config: LlavaConfig):
         super().__init__(config)
@@ -311,7 +310,7 @@ class TurboLlavaForConditionalGeneration(TurboHubMixin, LlavaForConditionalGener
     """
 
     config_class = TurboLlavaConfig
-    _no_split_modules = ["CLIPVisionEmbeddings", "TurboCLIPEncoderLayer", "LlavaMultiModalProjector"]
+    _no_split_modules = LLAVA_NO_SPLIT
 
     def __init__(self, config: LlavaConfig):
         super().__init__(config)

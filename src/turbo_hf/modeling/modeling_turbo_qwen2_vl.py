@@ -105,10 +105,13 @@ class TurboFromConfigMixin:
         apply_turbo_from_config(self)
 
 
+QWEN2VL_NO_SPLIT = ["Qwen2VLDecoderLayer", "TurboQwen2VLDecoderLayer", "Qwen2VLVisionBlock"]
+
 class TurboQwen2VLModel(TurboQwenVLModelMixin, TurboFromConfigMixin, TurboHubMixin, Qwen2VLModel):
     """`Qwen2VLModel` whose language model reduces image tokens inside (`llm_layers`)."""
 
     config_class = TurboQwen2VLConfig
+    _no_split_modules = QWEN2VL_NO_SPLIT
 
 
 class TurboQwen2VLForConditionalGeneration(TurboFromConfigMixin, TurboHubMixin, Qwen2VLForConditionalGeneration):
@@ -129,30 +132,39 @@ class TurboQwen2VLForConditionalGeneration(TurboFromConfigMixin, TurboHubMixin, 
     """
 
     config_class = TurboQwen2VLConfig
+    _no_split_modules = QWEN2VL_NO_SPLIT
 
+
+QWEN2_5_VL_NO_SPLIT = ["Qwen2_5_VLDecoderLayer", "TurboQwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"]
 
 class TurboQwen2_5_VLModel(TurboQwenVLModelMixin, TurboFromConfigMixin, TurboHubMixin, Qwen2_5_VLModel):
     """`Qwen2_5_VLModel` whose language model reduces image tokens inside (`llm_layers`)."""
 
     config_class = TurboQwen2_5_VLConfig
+    _no_split_modules = QWEN2_5_VL_NO_SPLIT
 
 
 class TurboQwen2_5_VLForConditionalGeneration(TurboFromConfigMixin, TurboHubMixin, Qwen2_5_VLForConditionalGeneration):
     """`Qwen2_5_VLForConditionalGeneration` with Turbo: image tokens reduced inside the language model."""
 
     config_class = TurboQwen2_5_VLConfig
+    _no_split_modules = QWEN2_5_VL_NO_SPLIT
 
+
+QWEN3VL_NO_SPLIT = ["Qwen3VLTextDecoderLayer", "TurboQwen3VLTextDecoderLayer", "Qwen3VLVisionBlock"]
 
 class TurboQwen3VLModel(TurboQwenVLModelMixin, TurboFromConfigMixin, TurboHubMixin, Qwen3VLModel):
     """`Qwen3VLModel` whose language model reduces image tokens inside (`llm_layers` after its deepstack layers)."""
 
     config_class = TurboQwen3VLConfig
+    _no_split_modules = QWEN3VL_NO_SPLIT
 
 
 class TurboQwen3VLForConditionalGeneration(TurboFromConfigMixin, TurboHubMixin, Qwen3VLForConditionalGeneration):
     """`Qwen3VLForConditionalGeneration` with Turbo: image tokens reduced inside the language model."""
 
     config_class = TurboQwen3VLConfig
+    _no_split_modules = QWEN3VL_NO_SPLIT
 
 
 # ----------------------------------------------------------------------------------------------------------
