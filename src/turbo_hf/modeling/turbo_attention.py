@@ -78,8 +78,10 @@ def turbo_flex_attention(
         batch, heads, q_len, k_len = query.shape[0], query.shape[1], query.shape[2], key.shape[2]
         bias = bias.expand(batch, heads, q_len, k_len)
 
-        def score_mod(score, b, h, q_idx, kv_idx):
+        def add_bias(score, b, h, q_idx, kv_idx):
             return score + bias[b, h, q_idx, kv_idx]
+
+        score_mod = add_bias
 
     output = _flex_kernel(query)(
         query, key, value, score_mod=score_mod, scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
