@@ -18,12 +18,11 @@ from pathlib import Path
 
 import torch
 
-from turbo_hf.evaluation.arguments import comma_type
-from turbo_hf.evaluation.timing import load_warning
+from turbo_hf.evaluation.arguments import add_llm_benchmark_arguments, comma_type
+from turbo_hf.evaluation.llm_reduction_benchmark import script_metadata
 from turbo_hf.evaluation.qwen_llm_benchmark import (
     build_qwen2_vl, cost_markdown, cost_split, results_markdown, run_qwen2_vl,
 )
-from turbo_hf.evaluation.report import run_metadata
 from turbo_hf.evaluation.tables import metadata_markdown, save
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,15 +33,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="a local Qwen2-VL checkpoint folder (default: random)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 layers, batch 1, 1 round, 4 tokens")
     parser.add_argument("--resolutions", type=comma_type(int), default=[448, 672])
-    parser.add_argument("--keep", type=comma_type(float), default=[0.5, 0.25], help="shares kept after --layer")
-    parser.add_argument("--layer", type=int, default=2, help="the decoder layer before which images are reduced")
     parser.add_argument("--batches", type=comma_type(int), default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
-    parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks"))
+    add_llm_benchmark_arguments(parser, out=str(REPO_ROOT / "benchmarks"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.time()
@@ -56,11 +48,7 @@ def main() -> None:
                      dict(llm_layers=[args.layer], llm_keep=[min(args.keep)], reduction="prune")))
     model = build_qwen2_vl(layers, args.attn, args.checkpoint)
     results = run_qwen2_vl(model, settings, args.resolutions, batches, repeats, args.warmup, new_tokens)
-    meta = run_metadata(checkpoint=args.checkpoint, text_layers=model.config.text_config.num_hidden_layers,
-                        repeats=repeats, warmup=args.warmup, new_tokens=new_tokens, attn=args.attn, quick=args.quick)
-    meta["runtime_s"] = time.time() - start
-    meta["model"] = {"folder": args.checkpoint or "random Qwen2-VL-shaped weights"}
-    meta["load_warning"] = load_warning(torch.get_num_threads())
+    meta = script_metadata(args, model, repeats, new_tokens, start, "random Qwen2-VL-shaped weights")
     notes = (
         "*prefill*: one forward over the prompt and image (`use_cache=True`, `logits_to_keep=1`); *decode*: "
         f"{new_tokens} greedy steps on that prefill's KV cache, per token. Medians of {repeats} interleaved rounds "

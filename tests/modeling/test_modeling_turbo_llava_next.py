@@ -180,9 +180,10 @@ def test_the_video_count_is_the_processor_count_and_a_wrong_one_names_both():
                                      tiny_models.llava_next_video_config], ids=lambda f: f.__name__)
 def test_refused_settings_are_named_at_apply_turbo(factory):
     model = build(factory)
-    with pytest.raises(ValueError, match="`llm_layers`/`llm_keep` are not yet supported for LLaVA-"):
-        apply_turbo(model, r=4, llm_layers=1, llm_keep=8)
-    if factory is not tiny_models.llava_next_video_config:
+    if factory is tiny_models.llava_next_video_config:  # NeXT, OneVision: test_llava_next_llm_reduction.py
+        with pytest.raises(ValueError, match="`llm_layers`/`llm_keep` are not yet supported for LLaVA-NeXT-Video"):
+            apply_turbo(model, r=4, llm_layers=1, llm_keep=8)
+    else:
         with pytest.raises(ValueError, match="`video_keep` merges a video's tokens.*LlavaNextVideo"):
             apply_turbo(model, r=4, video_keep=0.5)
     with pytest.raises(ValueError, match="`video_keep` must be an integer >= 1"):

@@ -1,4 +1,5 @@
-"""Comma-separated command-line values (`--r 0,8,16`, `--modes tome,turbo`), the one parser every script uses."""
+"""Comma-separated command-line values (`--r 0,8,16`, `--modes tome,turbo`), the one parser every script uses, and
+the options the in-LLM reduction benchmark scripts share."""
 
 from __future__ import annotations
 
@@ -61,4 +62,17 @@ def comma_type(convert: Callable[[str], T] = str) -> Callable[[str], list[T]]:
     return parse
 
 
-__all__ = ["comma_list", "comma_type"]
+def add_llm_benchmark_arguments(parser: argparse.ArgumentParser, out: str) -> None:
+    """The options of the in-LLM reduction benchmarks (`scripts/benchmark_vlm_llm.py`,
+    `scripts/benchmark_llava_next_llm.py`): kept shares, the reduction layer, rounds, threads, attention, output."""
+    parser.add_argument("--keep", type=comma_type(float), default=[0.5, 0.25], help="shares kept after --layer")
+    parser.add_argument("--layer", type=int, default=2, help="the decoder layer before which images are reduced")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    parser.add_argument("--out", default=out)
+
+
+__all__ = ["add_llm_benchmark_arguments", "comma_list", "comma_type"]

@@ -29,6 +29,7 @@ from transformers.utils import logging
 
 from ..modeling.compat import cache_kwargs, cache_of
 from ..modeling.llm_token_masks import STATE_ATTRIBUTE
+from .report import run_metadata
 from .timing import interleaved_times, load_warning, timing_summary
 
 logger = logging.get_logger(__name__)
@@ -175,4 +176,15 @@ def measure_settings(
     return result
 
 
-__all__ = ["DecodeRunner", "cache_megabytes", "measure_settings", "peak_tensor_megabytes"]
+def script_metadata(args, model, repeats: int, new_tokens: int, start: float, random_label: str) -> dict:
+    """The run metadata of an in-LLM benchmark script (`args`: its `--checkpoint`, `--warmup`, `--attn`, `--quick`):
+    `report.run_metadata`, the runtime since `start`, the model folder (or `random_label`), the load warning."""
+    meta = run_metadata(checkpoint=args.checkpoint, text_layers=model.config.text_config.num_hidden_layers,
+                        repeats=repeats, warmup=args.warmup, new_tokens=new_tokens, attn=args.attn, quick=args.quick)
+    meta["runtime_s"] = time.time() - start
+    meta["model"] = {"folder": args.checkpoint or random_label}
+    meta["load_warning"] = load_warning(torch.get_num_threads())
+    return meta
+
+
+__all__ = ["DecodeRunner", "cache_megabytes", "measure_settings", "peak_tensor_megabytes", "script_metadata"]

@@ -112,13 +112,14 @@ class TurboConfig(PreTrainedConfig):
             token to its output token in both orders. Text encoders (padding, protected or causal tokens)
             refuse `"tome"`.
         llm_layers (`int` or `list[int]`, *optional*):
-            Vision-language models with a language model (LLaVA): the decoder layers (K >= 1) before which
-            image tokens are reduced inside the language model. Off (None) by default.
+            Vision-language models with a language model (LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL,
+            Qwen3-VL): the decoder layers (K >= 1) before which image tokens are reduced inside the language model.
+            Off (None) by default.
         llm_keep (`int`, `float` or a list of them, *optional*):
             What each image keeps after each of `llm_layers` (one entry per layer, non-increasing, all ints or all
             floats): an int is a token count per image (an image with fewer tokens keeps all of them), a float in
             (0, 1) the share of each image's tokens (rounded, at least 1), for images whose token counts differ
-            (Qwen2-VL).
+            (Qwen2-VL, LLaVA-NeXT anyres).
         llm_text_query (`str`, defaults to `"last"`):
             Which text tokens give the semantic value of the image tokens inside the language model: the
             `"last"` token of the prompt, or `"all"` text tokens (their attention rows averaged).

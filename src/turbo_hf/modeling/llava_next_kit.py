@@ -8,6 +8,10 @@ layers and unmerges each hidden state it returns (every merged token copied to t
 processor's count stays the model's count. A merged token that appears `size` times in the language model weighs
 `size` times in its attention, which is what proportional attention gives a merged token, so the language model is
 the stock one. What Turbo saves here is the vision tower's compute (attention and MLP over fewer tokens).
+
+LLaVA-NeXT and LLaVA-OneVision also reduce image tokens inside the language model (`llm_layers`, `llm_keep`,
+`TurboPackedLLMMixin`, the decoders of `llm_decoders.py`): each image's packed features, `image_newline` tokens
+included, are that image's tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPVisionModel
 from transformers.models.siglip.modeling_siglip import SiglipVisionModel
 
+from .llm_decoder_layers import check_llm_reduction, llm_bias_step, llm_reduction_request
+from .llm_decoders import supported_decoders
+from .llm_token_reduction import LLMReductionRequest, split_image_counts
 from .merging import initial_source, unmerge
 from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import TurboRuntime
@@ -155,11 +162,65 @@ class TurboPlaceholderMixin:
         return super().get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, **features)
 
 
+# ------------------------------------------------------------------------------------------ in-LLM reduction
+
+
+class TurboPackedLLMMixin:
+    """The inner model of LLaVA-NeXT / LLaVA-OneVision: hands its language model a reduction request (`llm_layers`)
+    for each prompt that holds images.
+
+    The image tokens of one image are its packed features (`pack_image_features`: the base crop, the unpadded anyres
+    tiles and their `image_newline` tokens): the newline tokens count as image tokens of that image, so they can be
+    removed like any other, and `llm_keep` (a count, or a share of that image's tokens) applies per image, whatever
+    its anyres layout. With `llm_layers` the images are encoded here (the stock way) so each image's token count is
+    known before the language model runs; without it the stock forward runs unchanged.
+    """
+
+    def forward(self, *args, **kwargs):
+        # Overrides transformers.models.llava_next.modeling_llava_next.LlavaNextModel.forward (v5.24): a wrapper
+        # Overrides transformers.models.llava_onevision.modeling_llava_onevision.LlavaOnevisionModel.forward (v5.24): a wrapper
+        runtime = getattr(self.vision_tower, "turbo_runtime", None)
+        turbo = None if runtime is None else runtime.config
+        if turbo is None or not turbo.reduces_llm_tokens:
+            return super().forward(*args, **kwargs)
+        if len(args) > 1:
+            raise ValueError("Pass the inputs after `input_ids` of a Turbo model with `llm_layers` as keywords.")
+        encoded = (kwargs.get("mm_encoder_outputs") or {}).get("image")
+        pixel_values = kwargs.get("pixel_values")
+        if encoded is None and pixel_values is not None and pixel_values.size(0) > 0:
+            options = ("vision_feature_layer", "vision_feature_select_strategy", "batch_num_images")
+            encoded = self.get_image_features(
+                pixel_values, kwargs.get("image_sizes"), return_dict=True,
+                **{key: kwargs[key] for key in options if kwargs.get(key) is not None},
+            )
+            kwargs = {**kwargs, "pixel_values": None, "mm_encoder_outputs": {"image": encoded}}
+        if kwargs.get("pixel_values_videos") is not None or (kwargs.get("mm_encoder_outputs") or {}).get("video"):
+            raise ValueError(
+                "`llm_layers` reduces image tokens; this call brings videos, which the in-LLM reduction does not "
+                "reduce. Remove `llm_layers`/`llm_keep` from the Turbo config for videos."
+            )
+        request = self._llm_request(args[0] if args else kwargs.get("input_ids"), encoded, turbo)
+        with llm_reduction_request(self.language_model, request):
+            return super().forward(*args, **kwargs)
+
+    def _llm_request(self, input_ids, encoded, turbo) -> LLMReductionRequest | None:
+        if encoded is None:
+            return None
+        if input_ids is None:
+            raise ValueError("Image token reduction inside the language model (`llm_layers`) needs `input_ids`.")
+        is_image = input_ids == self.config.image_token_id
+        counts = [features.shape[0] for features in encoded.pooler_output]
+        return LLMReductionRequest(
+            is_image=is_image, image_counts=split_image_counts(is_image, counts), sizes=None, key_bias=None,
+            bias_step=llm_bias_step(turbo), config=turbo,
+        )
+
+
 # ------------------------------------------------------------------------------------------ registration
 
 
 def refuse_llm_settings(family: str) -> Callable[[nn.Module, object], None]:
-    """The `validate` of these families: the in-LLM reduction (`llm_layers`) is not wired for them yet."""
+    """The `validate` of a family whose in-LLM reduction (`llm_layers`) is not wired (LLaVA-NeXT-Video)."""
 
     def validate(model: nn.Module, config) -> None:
         if config.reduces_llm_tokens:
@@ -180,12 +241,15 @@ def register_grid_family(
     layer_classes: dict[type, type],
     hub_classes: dict,
     protect_first: bool,
-    validate: Callable[[nn.Module, object], None],
+    validate: Callable[[nn.Module, object], None] | None = None,
+    decoders: dict[type, type] | None = None,
     **adapter_kwargs,
 ) -> FamilyAdapter:
     """Register a LLaVA-NeXT-style family: Turbo merges in its `tower_class` vision tower (CLIP or SigLIP, anything
     else refused by name) and its model classes get `turbo_classes` (the placeholder check, the Hub classes); each
-    Turbo model class of `hub_classes` saves a folder with those Auto classes."""
+    Turbo model class of `hub_classes` saves a folder with those Auto classes. With `decoders` (a decoder class map
+    of `llm_decoders`) the language model's stack and layers are swapped too and `llm_layers` is checked against
+    it; else `validate` refuses what the family does not support."""
     for auto_classes in hub_classes.values():
         for turbo_class in auto_classes.values():
             turbo_class.turbo_auto_classes = auto_classes
@@ -201,20 +265,27 @@ def register_grid_family(
                              f"this model's tower is {type(tower).__name__}.")
         return [tower]
 
+    def extra_modules(model: nn.Module) -> list[nn.Module]:
+        wrapped = [inner(model)] if inner(model) is not model else []
+        return wrapped + (list(inner(model).language_model.modules()) if decoders else [])
+
+    def check_llm(model: nn.Module, config) -> None:
+        check_llm_reduction(inner(model).language_model, config, supported_decoders(decoders))
+
     return register_adapter(
         FamilyAdapter(
             name=name,
             model_classes=(generation_class, model_class),
             vision_models=towers,
             layers=lambda tower: tower.encoder.layers,
-            class_map={**turbo_classes, tower_class: turbo_tower, **layer_classes},
+            class_map={**turbo_classes, tower_class: turbo_tower, **layer_classes, **(decoders or {})},
             attention_attr="self_attn",
             mlp_attr="mlp",
             protect_first=protect_first,
             summary_query="cls" if protect_first else "mean",
-            extra_modules=lambda model: [inner(model)] if inner(model) is not model else [],
+            extra_modules=extra_modules,
             hub_classes=hub_classes,
-            validate=validate,
+            validate=check_llm if decoders else validate,
             **adapter_kwargs,
         )
     )
@@ -224,6 +295,7 @@ __all__ = [
     "TurboGridCLIPVisionModel",
     "TurboGridSiglipVisionModel",
     "TurboGridTowerMixin",
+    "TurboPackedLLMMixin",
     "TurboPlaceholderMixin",
     "refuse_llm_settings",
     "register_grid_family",

@@ -50,6 +50,7 @@ from .llm_token_reduction import (
     step_key_bias,
 )
 from .llm_token_scores import decoder_layer_scores
+from .turbo_encoder import LayerStep
 
 RUN_KWARG = "turbo_llm_run"
 CACHE_NAMES = ("cache", "past_key_values")  # a caller may use the deprecated name
@@ -265,6 +266,7 @@ class TurboDecoderModelMixin:
 
     def forward(self, *args, **kwargs):
         # Overrides transformers.models.llama.modeling_llama.LlamaModel.forward (v5.24): a wrapper
+        # Overrides transformers.models.qwen2.modeling_qwen2.Qwen2Model.forward (v5.24): a wrapper
         # Overrides transformers.models.qwen2_vl.modeling_qwen2_vl.Qwen2VLTextModel.forward (v5.24): a wrapper
         # Overrides transformers.models.qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VLTextModel.forward (v5.24): a wrapper
         # Overrides transformers.models.qwen3_vl.modeling_qwen3_vl.Qwen3VLTextModel.forward (v5.24): a wrapper
@@ -289,6 +291,7 @@ class TurboDecoderLayerMixin:
 
     def forward(self, hidden_states, *args, **kwargs):
         # Overrides transformers.models.llama.modeling_llama.LlamaDecoderLayer.forward (v5.24): a wrapper
+        # Overrides transformers.models.qwen2.modeling_qwen2.Qwen2DecoderLayer.forward (v5.24): a wrapper
         # Overrides transformers.models.qwen2_vl.modeling_qwen2_vl.Qwen2VLDecoderLayer.forward (v5.24): a wrapper
         # Overrides transformers.models.qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VLDecoderLayer.forward (v5.24): a wrapper
         # Overrides transformers.models.qwen3_vl.modeling_qwen3_vl.Qwen3VLTextDecoderLayer.forward (v5.24): a wrapper
@@ -298,6 +301,17 @@ class TurboDecoderLayerMixin:
                 raise ValueError("Turbo decoder layers take their inputs after `hidden_states` as keywords.")
             hidden_states = run.before_layer(self, hidden_states, kwargs)
         return super().forward(hidden_states, *args, **kwargs)
+
+
+def llm_bias_step(turbo) -> LayerStep:
+    """A step that removes nothing, whose `attention_bias(size)` is the core's `log(size)` rule for tokens merged
+    inside the language model (for families whose language model gets unmerged image tokens: Qwen-VL, LLaVA-NeXT)."""
+    settings = turbo.score_settings()
+    return LayerStep(
+        layer_idx=0, r=0, merged_before=True, mode=settings["mode"], alpha=settings["alpha"],
+        alpha_scale=settings["alpha_scale"], reduction=settings["reduction"], seed=settings["seed"],
+        protect_first=False, summary_query="mean", proportional_attention=turbo.proportional_attention,
+    )
 
 
 def check_llm_reduction(language_model, turbo_config, supported: tuple[type, ...], tokens_per_image=None) -> None:
@@ -354,5 +368,6 @@ __all__ = [
     "TurboDecoderModelMixin",
     "check_llm_reduction",
     "gather_sequence",
+    "llm_bias_step",
     "llm_reduction_request",
 ]

@@ -5,6 +5,7 @@ family's `class_map`)."""
 from __future__ import annotations
 
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel
+from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2Model
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLDecoderLayer, Qwen2_5_VLTextModel
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLDecoderLayer, Qwen2VLTextModel
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextDecoderLayer, Qwen3VLTextModel
@@ -20,6 +21,16 @@ class TurboLlamaDecoderLayer(TurboDecoderLayerMixin, LlamaDecoderLayer):
     """`LlamaDecoderLayer` whose inputs an in-LLM reduction rewrites."""
 
     # Overrides transformers.models.llama.modeling_llama.LlamaDecoderLayer.forward (v5.24)
+
+
+class TurboQwen2Model(TurboDecoderModelMixin, Qwen2Model):
+    """`Qwen2Model` (LLaVA-OneVision's language model) that reduces image tokens inside when asked."""
+
+
+class TurboQwen2DecoderLayer(TurboDecoderLayerMixin, Qwen2DecoderLayer):
+    """`Qwen2DecoderLayer` whose inputs an in-LLM reduction rewrites."""
+
+    # Overrides transformers.models.qwen2.modeling_qwen2.Qwen2DecoderLayer.forward (v5.24)
 
 
 class TurboQwen2VLTextModel(TurboDecoderModelMixin, Qwen2VLTextModel):
@@ -53,6 +64,7 @@ class TurboQwen3VLTextDecoderLayer(TurboDecoderLayerMixin, Qwen3VLTextDecoderLay
 
 
 LLAMA_DECODER = {LlamaModel: TurboLlamaModel, LlamaDecoderLayer: TurboLlamaDecoderLayer}
+QWEN2_DECODER = {Qwen2Model: TurboQwen2Model, Qwen2DecoderLayer: TurboQwen2DecoderLayer}
 QWEN2_VL_DECODER = {Qwen2VLTextModel: TurboQwen2VLTextModel, Qwen2VLDecoderLayer: TurboQwen2VLDecoderLayer}
 QWEN2_5_VL_DECODER = {
     Qwen2_5_VLTextModel: TurboQwen2_5_VLTextModel,
@@ -75,10 +87,13 @@ def supported_decoders(class_map: dict[type, type]) -> tuple[type, ...]:
 __all__ = [
     "LLAMA_DECODER",
     "QWEN2_5_VL_DECODER",
+    "QWEN2_DECODER",
     "QWEN2_VL_DECODER",
     "QWEN3_VL_DECODER",
     "TurboLlamaDecoderLayer",
     "TurboLlamaModel",
+    "TurboQwen2DecoderLayer",
+    "TurboQwen2Model",
     "TurboQwen2VLDecoderLayer",
     "TurboQwen2VLTextModel",
     "TurboQwen2_5_VLDecoderLayer",

@@ -7,8 +7,10 @@ Turbo settings, and a text whose count differs is refused with both counts named
 only; the language model reads as many image tokens as in the stock model.
 
 With `r=0` the model is the stock one, bit for bit. `vision_feature_layer` may be an int or a list (each selected
-layer is unmerged to the full grid, so their concatenation lines up token by token). Not supported: vision towers
-other than CLIP, `output_attentions` while merging, and the in-LLM reduction (`llm_layers`, refused).
+layer is unmerged to the full grid, so their concatenation lines up token by token). Image tokens can also be
+reduced inside a Llama or Qwen2 language model (`llm_layers`, `llm_keep`: per image, its packed features with its
+`image_newline` tokens, `llava_next_kit.TurboPackedLLMMixin`). Not supported: vision towers other than CLIP,
+`output_attentions` while merging.
 
 Example:
 
@@ -32,11 +34,13 @@ from transformers.models.llava_next.configuration_llava_next import LlavaNextCon
 from transformers.models.llava_next.modeling_llava_next import LlavaNextForConditionalGeneration, LlavaNextModel
 
 from .configuration_turbo import TurboConfig
-from .llava_next_kit import TurboPlaceholderMixin, refuse_llm_settings, register_grid_family
+from .llava_next_kit import TurboPackedLLMMixin, TurboPlaceholderMixin, register_grid_family
+from .llm_decoders import LLAMA_DECODER, QWEN2_DECODER
 from .modeling_turbo_clip import TurboCLIPAttention, TurboCLIPEncoderLayer
 from .turbo_layers import TurboModelMixin
 
-NO_SPLIT = ["CLIPVisionEmbeddings", "TurboCLIPEncoderLayer", "LlavaNextMultiModalProjector"]
+NO_SPLIT = ["CLIPVisionEmbeddings", "TurboCLIPEncoderLayer", "LlavaNextMultiModalProjector",
+            "TurboLlamaDecoderLayer", "TurboQwen2DecoderLayer"]
 
 
 class TurboLlavaNextConfig(LlavaNextConfig):
@@ -47,7 +51,7 @@ class TurboLlavaNextConfig(LlavaNextConfig):
     turbo_config: dict | TurboConfig | None = None
 
 
-class TurboLlavaNextModel(TurboModelMixin, TurboPlaceholderMixin, LlavaNextModel):
+class TurboLlavaNextModel(TurboPackedLLMMixin, TurboModelMixin, TurboPlaceholderMixin, LlavaNextModel):
     """`LlavaNextModel` whose CLIP tower merges tokens with Turbo and gives the full grid back."""
 
     config_class = TurboLlavaNextConfig
@@ -75,7 +79,7 @@ register_grid_family(
     {CLIPEncoderLayer: TurboCLIPEncoderLayer, CLIPAttention: TurboCLIPAttention},
     {TurboLlavaNextConfig: LLAVA_NEXT_AUTO_CLASSES},
     protect_first=True,
-    validate=refuse_llm_settings("LLaVA-NeXT"),
+    decoders={**LLAMA_DECODER, **QWEN2_DECODER},
 )
 
 __all__ = ["TurboLlavaNextConfig", "TurboLlavaNextForConditionalGeneration", "TurboLlavaNextModel"]

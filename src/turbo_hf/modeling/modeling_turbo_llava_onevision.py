@@ -7,8 +7,10 @@ full patch grid back (`llava_next_kit`) before the stock packing: anyres crops w
 `LlavaOnevisionProcessor`, stay as they are; a text whose count differs is refused with both counts named. The saving
 is the tower's compute only (the language model reads as many tokens as in the stock model).
 
-With `r=0` the model is the stock one, bit for bit. Not supported: vision towers other than SigLIP,
-`output_attentions` while merging, and the in-LLM reduction (`llm_layers`, refused).
+With `r=0` the model is the stock one, bit for bit. Image tokens can also be reduced inside the Qwen2 (or Llama)
+language model (`llm_layers`, `llm_keep`: per image, its packed features with its `image_newline` tokens,
+`llava_next_kit.TurboPackedLLMMixin`; prompts with videos are refused). Not supported: vision towers other than
+SigLIP, `output_attentions` while merging.
 
 Example:
 
@@ -37,11 +39,13 @@ from transformers.models.llava_onevision.modeling_llava_onevision import (
 from transformers.models.siglip.modeling_siglip import SiglipAttention, SiglipEncoderLayer, SiglipVisionModel
 
 from .configuration_turbo import TurboConfig
-from .llava_next_kit import TurboPlaceholderMixin, refuse_llm_settings, register_grid_family
+from .llava_next_kit import TurboPackedLLMMixin, TurboPlaceholderMixin, register_grid_family
+from .llm_decoders import LLAMA_DECODER, QWEN2_DECODER
 from .modeling_turbo_siglip import TurboSiglipAttention, TurboSiglipEncoderLayer
 from .turbo_layers import TurboModelMixin
 
-NO_SPLIT = ["SiglipVisionEmbeddings", "TurboSiglipEncoderLayer", "LlavaOnevisionMultiModalProjector"]
+NO_SPLIT = ["SiglipVisionEmbeddings", "TurboSiglipEncoderLayer", "LlavaOnevisionMultiModalProjector",
+            "TurboLlamaDecoderLayer", "TurboQwen2DecoderLayer"]
 
 
 class TurboLlavaOnevisionConfig(LlavaOnevisionConfig):
@@ -52,7 +56,7 @@ class TurboLlavaOnevisionConfig(LlavaOnevisionConfig):
     turbo_config: dict | TurboConfig | None = None
 
 
-class TurboLlavaOnevisionModel(TurboModelMixin, TurboPlaceholderMixin, LlavaOnevisionModel):
+class TurboLlavaOnevisionModel(TurboPackedLLMMixin, TurboModelMixin, TurboPlaceholderMixin, LlavaOnevisionModel):
     """`LlavaOnevisionModel` whose SigLIP tower merges tokens with Turbo and gives the full grid back."""
 
     config_class = TurboLlavaOnevisionConfig
@@ -84,7 +88,7 @@ register_grid_family(
     {SiglipEncoderLayer: TurboSiglipEncoderLayer, SiglipAttention: TurboSiglipAttention},
     {TurboLlavaOnevisionConfig: LLAVA_ONEVISION_AUTO_CLASSES},
     protect_first=False,
-    validate=refuse_llm_settings("LLaVA-OneVision"),
+    decoders={**LLAMA_DECODER, **QWEN2_DECODER},
 )
 
 __all__ = ["TurboLlavaOnevisionConfig", "TurboLlavaOnevisionForConditionalGeneration", "TurboLlavaOnevisionModel"]

@@ -31,12 +31,11 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLForConditional
 from .configuration_turbo import as_turbo_config
 from .configuration_turbo_qwen2_vl import TurboQwen2_5_VLConfig, TurboQwen2VLConfig, TurboQwen3VLConfig
 from .hub_export import TurboHubMixin
-from .llm_decoder_layers import check_llm_reduction, llm_reduction_request
+from .llm_decoder_layers import check_llm_reduction, llm_bias_step, llm_reduction_request
 from .llm_decoders import QWEN2_5_VL_DECODER, QWEN2_VL_DECODER, QWEN3_VL_DECODER, supported_decoders
 from .llm_token_reduction import LLMReductionRequest, split_image_counts
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
-from .turbo_encoder import LayerStep
 
 NOMINAL_PATCHES = 1024  # a 448 x 448 image in 14 px patches: what `turbo_plan` reports (the tower merges nothing)
 
@@ -81,20 +80,9 @@ class TurboQwenVLModelMixin:
             image_counts=split_image_counts(is_image, counts),
             sizes=None,
             key_bias=None,
-            bias_step=_bias_step(turbo),
+            bias_step=llm_bias_step(turbo),
             config=turbo,
         )
-
-
-def _bias_step(turbo) -> LayerStep:
-    """A step that removes nothing, whose `attention_bias(size)` is the core's `log(size)` rule for tokens merged
-    inside the language model."""
-    settings = turbo.score_settings()
-    return LayerStep(
-        layer_idx=0, r=0, merged_before=True, mode=settings["mode"], alpha=settings["alpha"],
-        alpha_scale=settings["alpha_scale"], reduction=settings["reduction"], seed=settings["seed"],
-        protect_first=False, summary_query="mean", proportional_attention=turbo.proportional_attention,
-    )
 
 
 class TurboFromConfigMixin:
