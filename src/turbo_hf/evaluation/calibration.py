@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from ..modeling.configuration_turbo import TurboConfig
-from ..modeling.merging import unmerge
+from ..modeling.merging import unmerged_hidden_states
 from ..modeling.patching import apply_turbo, get_turbo_config, remove_turbo, turbo
 from ..modeling.registry import find_adapter
 
@@ -31,10 +31,7 @@ def pooled_features(output) -> torch.Tensor:
         value = getattr(output, name, None)
         if value is not None:
             return value.flatten(1)
-    hidden = output.last_hidden_state
-    source = getattr(output, "token_source", None)
-    if source is not None:
-        hidden = unmerge(hidden, source)
+    hidden = unmerged_hidden_states(output)
     pooled = output.pooler_output if getattr(output, "pooler_output", None) is not None else hidden[:, 0]
     return torch.cat([pooled, hidden.mean(dim=1)], dim=-1)
 

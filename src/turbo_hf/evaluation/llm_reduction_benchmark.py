@@ -30,7 +30,7 @@ from transformers.utils import logging
 from ..modeling.compat import cache_kwargs, cache_of
 from ..modeling.llm_token_masks import STATE_ATTRIBUTE
 from .report import run_metadata
-from .timing import interleaved_times, load_warning, timing_summary
+from .timing import cpu_clocked, interleaved_times, load_warning, timing_summary
 
 logger = logging.get_logger(__name__)
 
@@ -53,15 +53,12 @@ class DecodeRunner:
         self.model, self.inputs, self.new_tokens, self.mrope = model, inputs, new_tokens, positions == "mrope"
         mask = inputs["attention_mask"]
         self.positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        self.cpu = {"prefill": [], "decode": []}
         self.output = None
 
     def prefill(self):
-        start = time.process_time()
         extra = {} if self.mrope else {"position_ids": self.positions}
         with torch.no_grad():
             self.output = self.model(**self.inputs, **extra, use_cache=True, logits_to_keep=1, return_dict=True)
-        self.cpu["prefill"].append(time.process_time() - start)
         return self.output
 
     def decode(self):
@@ -70,7 +67,6 @@ class DecodeRunner:
         token = self.output.logits[:, -1].argmax(-1, keepdim=True)
         mask = self.inputs["attention_mask"]
         position = self.positions[:, -1:]
-        start = time.process_time()
         tokens = []
         with torch.no_grad():
             for _ in range(self.new_tokens):
@@ -81,7 +77,6 @@ class DecodeRunner:
                                  **cache_kwargs(cache), logits_to_keep=1, return_dict=True)
                 token = out.logits[:, -1].argmax(-1, keepdim=True)
                 tokens.append(token)
-        self.cpu["decode"].append(time.process_time() - start)
         cache.crop(-self.new_tokens)
         return torch.cat(tokens, dim=1)
 
@@ -142,18 +137,19 @@ def measure_settings(
             "reduced_layers": None if state is None else state.layers,
         }
         runners[name] = runner
-    calls = {}
+    calls, cpu = {}, {}
     for name, runner in runners.items():
-        calls[f"{name}|prefill"] = runner.prefill
-        calls[f"{name}|decode"] = runner.decode
+        for part in ("prefill", "decode"):
+            cpu[f"{name}|{part}"] = []
+            calls[f"{name}|{part}"] = cpu_clocked(getattr(runner, part), cpu[f"{name}|{part}"])
     samples = interleaved_times(calls, repeats=repeats, warmup=warmup, rotate=True)
     for name, runner in runners.items():
         entry = result[name]
         prefill, decode = timing_summary(samples[f"{name}|prefill"]), timing_summary(samples[f"{name}|decode"])
         entry.update(prefill_s=prefill["median"], prefill_spread=prefill["spread"],
                      decode_per_token_s=decode["median"] / new_tokens, decode_spread=decode["spread"],
-                     prefill_cpu_s=statistics.median(runner.cpu["prefill"][warmup:]),
-                     decode_per_token_cpu_s=statistics.median(runner.cpu["decode"][warmup:]) / new_tokens)
+                     prefill_cpu_s=statistics.median(cpu[f"{name}|prefill"][warmup:]),
+                     decode_per_token_cpu_s=statistics.median(cpu[f"{name}|decode"][warmup:]) / new_tokens)
 
         def both(runner=runner):
             runner.prefill()

@@ -12,15 +12,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..modeling.merging import unmerge
+from ..modeling.merging import unmerged_hidden_states
 
 
 def split_features(output) -> tuple[torch.Tensor, torch.Tensor]:
     """([CLS] output, mean of the unmerged patch tokens) of a (possibly patched) model's output."""
-    hidden = output.last_hidden_state
-    source = getattr(output, "token_source", None)
-    if source is not None:
-        hidden = unmerge(hidden, source)
+    hidden = unmerged_hidden_states(output)
     return hidden[:, 0], hidden[:, 1:].mean(dim=1)
 
 

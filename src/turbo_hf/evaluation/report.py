@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..modeling.merging import unmerge
+from ..modeling.merging import unmerged_hidden_states
 from .runner import Runner
 from .tables import markdown_table
 from .settings import MODE_LABELS, MODE_ORDER, MODE_STYLES
@@ -38,9 +38,7 @@ def token_features(output, has_cls: bool = True) -> torch.Tensor:
     if hidden.ndim != 3:  # a convolutional feature map: use the pooled output
         pooled = getattr(output, "pooler_output", None)
         return (pooled if pooled is not None else hidden.flatten(2).mean(dim=-1)).flatten(1)
-    source = getattr(output, "token_source", None)
-    if source is not None:
-        hidden = unmerge(hidden, source)
+    hidden = unmerged_hidden_states(output)
     if has_cls:
         return torch.cat([hidden[:, 0], hidden[:, 1:].mean(dim=1)], dim=-1)
     pooled = getattr(output, "pooler_output", None)

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from ..modeling.configuration_turbo import TurboConfig
-from ..modeling.merging import unmerge
+from ..modeling.merging import unmerged_hidden_states
 from ..modeling.patching import is_turbo_applied, remove_turbo, turbo_plan
 from .report import package_version, run_metadata
 from .settings import Setting, build_settings, use_setting
@@ -89,10 +89,7 @@ def sentence_embedding(output, attention_mask: torch.Tensor) -> torch.Tensor:
 
     A Turbo output (with `token_source`) is unmerged first, so each input token counts once.
     """
-    hidden = output.last_hidden_state
-    source = getattr(output, "token_source", None)
-    if source is not None:
-        hidden = unmerge(hidden, source)
+    hidden = unmerged_hidden_states(output)
     mask = attention_mask[..., None].to(hidden.dtype)
     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
     return F.normalize(pooled.float(), p=2, dim=-1)

@@ -71,13 +71,10 @@ class TurboGridTowerMixin:
     hidden states need (`get_image_features` of these models asks for `vision_feature_layer` alone), so with the
     default `vision_feature_layer=-2` the last layer is skipped and `last_hidden_state` / `pooler_output` are taken
     from the deepest requested state; attention maps are not returned (they are over merged tokens).
+
+    Each tower class defines the two ends of its stock forward: `turbo_embed(pixel_values, interpolate_pos_encoding)`
+    (the embeddings, and CLIP's pre-layer norm) and `turbo_finish(hidden) -> (last_hidden_state, pooler_output)`.
     """
-
-    def turbo_embed(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool) -> torch.Tensor:
-        raise NotImplementedError
-
-    def turbo_finish(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        raise NotImplementedError
 
     def forward(self, pixel_values: torch.Tensor | None = None, interpolate_pos_encoding: bool | None = False,
                 **kwargs):

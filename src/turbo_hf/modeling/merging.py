@@ -362,6 +362,14 @@ def unmerge(hidden: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     return _gather_rows(hidden, source)
 
 
+def unmerged_hidden_states(output) -> torch.Tensor:
+    """`output.last_hidden_state` with one row per input token: unmerged by the output's `token_source` when it
+    carries one (a Turbo output), as it is otherwise (a stock output)."""
+    source = getattr(output, "token_source", None)
+    hidden = output.last_hidden_state
+    return hidden if source is None else unmerge(hidden, source)
+
+
 def proportional_bias(size: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Additive attention bias `log(size)` on the key axis, shaped (B, 1, 1, N)."""
     return size.log().to(dtype)[:, None, :, 0].unsqueeze(1)
@@ -380,5 +388,6 @@ __all__ = [
     "proportional_bias",
     "semantic_value",
     "unmerge",
+    "unmerged_hidden_states",
     "update_source",
 ]
