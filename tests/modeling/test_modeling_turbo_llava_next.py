@@ -181,8 +181,9 @@ def test_the_video_count_is_the_processor_count_and_a_wrong_one_names_both():
 def test_refused_settings_are_named_at_apply_turbo(factory):
     model = build(factory)
     if factory is tiny_models.llava_next_video_config:  # NeXT, OneVision: test_llava_next_llm_reduction.py
-        with pytest.raises(ValueError, match="`llm_layers`/`llm_keep` are not yet supported for LLaVA-NeXT-Video"):
-            apply_turbo(model, r=4, llm_layers=1, llm_keep=8)
+        with pytest.raises(ValueError, match=r"`llm_layers=\[2\]` names decoder layer\(s\) \[2\].*has 2 decoder"):
+            apply_turbo(model, r=4, video_keep=0.5, llm_layers=2, llm_keep=8)
+        assert type(model) is LlavaNextVideoForConditionalGeneration  # nothing swapped
     else:
         with pytest.raises(ValueError, match="`video_keep` merges a video's tokens.*LlavaNextVideo"):
             apply_turbo(model, r=4, video_keep=0.5)

@@ -9,27 +9,31 @@ processor's count stays the model's count. A merged token that appears `size` ti
 `size` times in its attention, which is what proportional attention gives a merged token, so the language model is
 the stock one. What Turbo saves here is the vision tower's compute (attention and MLP over fewer tokens).
 
-LLaVA-NeXT and LLaVA-OneVision also reduce image tokens inside the language model (`llm_layers`, `llm_keep`,
+All three also reduce image and video tokens inside the language model (`llm_layers`, `llm_keep`,
 `TurboPackedLLMMixin`, the decoders of `llm_decoders.py`): each image's packed features, `image_newline` tokens
-included, are that image's tokens.
+included, are that image's tokens, and all frames of a video are that video's. The same mixin gives LLaVA-NeXT-Video's
+jointly merged video tokens (`video_keep`) their `log(size)` key bias in the language model.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPVisionModel
 from transformers.models.siglip.modeling_siglip import SiglipVisionModel
+from transformers.utils import logging
 
-from .llm_decoder_layers import check_llm_reduction, llm_bias_step, llm_reduction_request
+from .llm_decoder_layers import TurboDecoderModelMixin, check_llm_reduction, llm_bias_step, llm_reduction_request
 from .llm_decoders import supported_decoders
-from .llm_token_reduction import LLMReductionRequest, split_image_counts
+from .llm_token_masks import check_full_attention
+from .llm_token_layout import visual_item_counts
+from .llm_token_reduction import LLMReductionRequest, step_key_bias
 from .merging import initial_source, unmerge
 from .registry import FamilyAdapter, register_adapter
 from .turbo_encoder import TurboRuntime
+
+logger = logging.get_logger(__name__)
 
 
 def _selected_states(asked, num_layers: int) -> tuple[set[int], int]:
@@ -141,6 +145,12 @@ class TurboPlaceholderMixin:
                 "full patch grid back): expand the text with the stock processor of this checkpoint, whose "
                 "`patch_size`, `vision_feature_select_strategy` and image grid settings match the model config.")
 
+    def turbo_check_count(self, kind: str, tokens: int, features: int) -> None:
+        """Refuse a text whose `kind` ("image", "video") token count differs from the model's feature count."""
+        if tokens != features:
+            raise ValueError(f"The text holds {tokens} {kind} tokens but the model gives {features} {kind} features. "
+                             f"{self.turbo_count_advice(kind)}")
+
     def get_placeholder_mask(self, input_ids, inputs_embeds, image_features=None, video_features=None):
         # Overrides transformers.models.llava_next.modeling_llava_next.LlavaNextModel.get_placeholder_mask (v5.24)
         # Overrides transformers.models.llava_onevision.modeling_llava_onevision.LlavaOnevisionModel.get_placeholder_mask (v5.24)
@@ -151,10 +161,7 @@ class TurboPlaceholderMixin:
                 if features is None:
                     continue
                 tokens = int((input_ids == getattr(self.config, f"{kind}_token_id")).sum())
-                count = features.numel() // inputs_embeds.shape[-1]
-                if tokens != count:
-                    raise ValueError(f"The text holds {tokens} {kind} tokens but the model gives {count} {kind} "
-                                     f"features. {self.turbo_count_advice(kind)}")
+                self.turbo_check_count(kind, tokens, features.numel() // inputs_embeds.shape[-1])
         features = {f"{kind}_features": value for kind, value in given.items() if value is not None}
         return super().get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, **features)
 
@@ -163,70 +170,86 @@ class TurboPlaceholderMixin:
 
 
 class TurboPackedLLMMixin:
-    """The inner model of LLaVA-NeXT / LLaVA-OneVision: hands its language model a reduction request (`llm_layers`)
-    for each prompt that holds images.
+    """The inner model of LLaVA-NeXT / LLaVA-OneVision / LLaVA-NeXT-Video: hands its language model a reduction
+    request (`llm_layers`) for each prompt that holds images or videos, and the `log(size)` bias of jointly merged
+    video tokens (`video_keep`).
 
-    The image tokens of one image are its packed features (`pack_image_features`: the base crop, the unpadded anyres
-    tiles and their `image_newline` tokens): the newline tokens count as image tokens of that image, so they can be
-    removed like any other, and `llm_keep` (a count, or a share of that image's tokens) applies per image, whatever
-    its anyres layout. With `llm_layers` the images are encoded here (the stock way) so each image's token count is
-    known before the language model runs; without it the stock forward runs unchanged.
+    The tokens of one image are its packed features (`pack_image_features`: the base crop, the unpadded anyres
+    tiles and their `image_newline` tokens), so the newline tokens can be removed like any other, and `llm_keep` (a
+    count, or a share of the item's tokens) applies per image, whatever its anyres layout. The tokens of one video
+    are all its frames' pooled features (OneVision: and its closing `image_newline`), reduced jointly: the same
+    content in consecutive frames merges. With `llm_layers` (or merged video tokens with a bias) the images and
+    videos are encoded here (the stock way) so each item's token count is known before the language model runs;
+    otherwise the stock forward runs unchanged.
     """
 
     def forward(self, *args, **kwargs):
         # Overrides transformers.models.llava_next.modeling_llava_next.LlavaNextModel.forward (v5.24): a wrapper
         # Overrides transformers.models.llava_onevision.modeling_llava_onevision.LlavaOnevisionModel.forward (v5.24): a wrapper
+        # Overrides transformers.models.llava_next_video.modeling_llava_next_video.LlavaNextVideoModel.forward (v5.24): a wrapper
         runtime = getattr(self.vision_tower, "turbo_runtime", None)
         turbo = None if runtime is None else runtime.config
-        if turbo is None or not turbo.reduces_llm_tokens:
+        if turbo is None or not (turbo.reduces_llm_tokens or video_bias_applies(self, turbo)):
             return super().forward(*args, **kwargs)
         if len(args) > 1:
             raise ValueError("Pass the inputs after `input_ids` of a Turbo model with `llm_layers` as keywords.")
-        encoded = (kwargs.get("mm_encoder_outputs") or {}).get("image")
-        pixel_values = kwargs.get("pixel_values")
-        if encoded is None and pixel_values is not None and pixel_values.size(0) > 0:
-            options = ("vision_feature_layer", "vision_feature_select_strategy", "batch_num_images")
-            encoded = self.get_image_features(
-                pixel_values, kwargs.get("image_sizes"), return_dict=True,
-                **{key: kwargs[key] for key in options if kwargs.get(key) is not None},
+        encoded = dict(kwargs.get("mm_encoder_outputs") or {})
+        options = {key: kwargs[key] for key in ("vision_feature_layer", "vision_feature_select_strategy")
+                   if kwargs.get(key) is not None}
+        pixel_values, videos = kwargs.get("pixel_values"), kwargs.get("pixel_values_videos")
+        if encoded.get("image") is None and pixel_values is not None and pixel_values.size(0) > 0:
+            batch_images = {"batch_num_images": kwargs["batch_num_images"]} if kwargs.get("batch_num_images") is not None else {}
+            encoded["image"] = self.get_image_features(
+                pixel_values, kwargs.get("image_sizes"), return_dict=True, **options, **batch_images
             )
-            kwargs = {**kwargs, "pixel_values": None, "mm_encoder_outputs": {"image": encoded}}
-        if kwargs.get("pixel_values_videos") is not None or (kwargs.get("mm_encoder_outputs") or {}).get("video"):
-            raise ValueError(
-                "`llm_layers` reduces image tokens; this call brings videos, which the in-LLM reduction does not "
-                "reduce. Remove `llm_layers`/`llm_keep` from the Turbo config for videos."
-            )
+        if encoded.get("video") is None and videos is not None and videos.size(0) > 0:
+            encoded["video"] = self.get_video_features(videos, return_dict=True, **options)
+        given = {key: None for key in ("pixel_values", "pixel_values_videos") if key in kwargs}
+        kwargs = {**kwargs, **given, "mm_encoder_outputs": encoded or None}
         request = self._llm_request(args[0] if args else kwargs.get("input_ids"), encoded, turbo)
         with llm_reduction_request(self.language_model, request):
             return super().forward(*args, **kwargs)
 
-    def _llm_request(self, input_ids, encoded, turbo) -> LLMReductionRequest | None:
-        if encoded is None:
+    def _llm_request(self, input_ids, encoded: dict, turbo) -> LLMReductionRequest | None:
+        if not encoded:
             return None
         if input_ids is None:
             raise ValueError("Image token reduction inside the language model (`llm_layers`) needs `input_ids`.")
-        is_image = input_ids == self.config.image_token_id
-        counts = [features.shape[0] for features in encoded.pooler_output]
-        return LLMReductionRequest(
-            is_image=is_image, image_counts=split_image_counts(is_image, counts), sizes=None, key_bias=None,
-            bias_step=llm_bias_step(turbo), config=turbo,
-        )
+        counts = {}
+        for kind, output in encoded.items():
+            if output is not None:
+                token = getattr(self.config, f"{kind}_token_id")
+                counts[token] = [features.shape[0] for features in output.pooler_output]
+                self.turbo_check_count(kind, int((input_ids == token).sum()), sum(counts[token]))
+        is_visual, items = visual_item_counts(input_ids, counts)
+        bias_step = llm_bias_step(turbo)
+        sizes = key_bias = None
+        video_sizes = getattr(encoded.get("video"), "deepstack_features", None)
+        if video_sizes is not None and video_bias_applies(self, turbo):
+            sizes = torch.ones(*input_ids.shape, 1, device=input_ids.device, dtype=torch.float32)
+            sizes[input_ids == self.config.video_token_id] = torch.cat(video_sizes[0]).float().to(sizes.device)
+            key_bias = step_key_bias(bias_step, sizes)
+        if key_bias is None and not turbo.reduces_llm_tokens:
+            return None
+        return LLMReductionRequest(is_visual=is_visual, item_counts=items, sizes=sizes, key_bias=key_bias,
+                                   bias_step=bias_step, config=turbo)
+
+
+def video_bias_applies(model: nn.Module, turbo) -> bool:
+    """Whether jointly merged video tokens (`video_keep`) get their `log(size)` key bias in the language model of
+    `model` (an inner model): under proportional attention with `reduction="merge"` (`merged_video_bias`), when
+    the language model is a Turbo decoder (`llm_decoders`; `apply_turbo` warns when it is not)."""
+    return merged_video_bias(turbo) and isinstance(model.language_model, TurboDecoderModelMixin)
+
+
+def merged_video_bias(turbo) -> bool:
+    """Whether the settings give jointly merged video tokens a `log(size)` key bias (the core's rule)."""
+    if turbo.video_keep is None:
+        return False
+    return llm_bias_step(turbo).attention_bias(torch.full((1, 1, 1), 2.0), torch.float32) is not None
 
 
 # ------------------------------------------------------------------------------------------ registration
-
-
-def refuse_llm_settings(family: str) -> Callable[[nn.Module, object], None]:
-    """The `validate` of a family whose in-LLM reduction (`llm_layers`) is not wired (LLaVA-NeXT-Video)."""
-
-    def validate(model: nn.Module, config) -> None:
-        if config.reduces_llm_tokens:
-            raise ValueError(
-                f"`llm_layers`/`llm_keep` are not yet supported for {family} ({type(model).__name__}); Turbo merges "
-                "inside its vision tower (`r`, `flops_ratio`). Use `llm_layers=None`."
-            )
-
-    return validate
 
 
 def register_grid_family(
@@ -238,15 +261,14 @@ def register_grid_family(
     layer_classes: dict[type, type],
     hub_classes: dict,
     protect_first: bool,
-    validate: Callable[[nn.Module, object], None] | None = None,
-    decoders: dict[type, type] | None = None,
+    decoders: dict[type, type],
     **adapter_kwargs,
 ) -> FamilyAdapter:
     """Register a LLaVA-NeXT-style family: Turbo merges in its `tower_class` vision tower (CLIP or SigLIP, anything
     else refused by name) and its model classes get `turbo_classes` (the placeholder check, the Hub classes); each
-    Turbo model class of `hub_classes` saves a folder with those Auto classes. With `decoders` (a decoder class map
-    of `llm_decoders`) the language model's stack and layers are swapped too and `llm_layers` is checked against
-    it; else `validate` refuses what the family does not support."""
+    Turbo model class of `hub_classes` saves a folder with those Auto classes. The language model's stack and layers
+    are swapped for those of `decoders` (a decoder class map of `llm_decoders`), and `llm_layers` is checked
+    against it."""
     for auto_classes in hub_classes.values():
         for turbo_class in auto_classes.values():
             turbo_class.turbo_auto_classes = auto_classes
@@ -264,10 +286,22 @@ def register_grid_family(
 
     def extra_modules(model: nn.Module) -> list[nn.Module]:
         wrapped = [inner(model)] if inner(model) is not model else []
-        return wrapped + (list(inner(model).language_model.modules()) if decoders else [])
+        return wrapped + list(inner(model).language_model.modules())
 
     def check_llm(model: nn.Module, config) -> None:
-        check_llm_reduction(inner(model).language_model, config, supported_decoders(decoders))
+        language_model = inner(model).language_model
+        check_llm_reduction(language_model, config, supported_decoders(decoders))
+        if not merged_video_bias(config):
+            return
+        if type(language_model) not in supported_decoders(decoders):
+            logger.warning(
+                f"The jointly merged video tokens (`video_keep`) get no log(size) attention bias: this model's "
+                f"language model, {type(language_model).__name__}, is not one of the decoders Turbo wraps here. "
+                "Set `proportional_attention=False` to run without it knowingly."
+            )
+        else:
+            check_full_attention(language_model.config, "The log(size) bias of merged video tokens",
+                                 "Or set `proportional_attention=False`.")
 
     return register_adapter(
         FamilyAdapter(
@@ -275,14 +309,14 @@ def register_grid_family(
             model_classes=(generation_class, model_class),
             vision_models=towers,
             layers=lambda tower: tower.encoder.layers,
-            class_map={**turbo_classes, tower_class: turbo_tower, **layer_classes, **(decoders or {})},
+            class_map={**turbo_classes, tower_class: turbo_tower, **layer_classes, **decoders},
             attention_attr="self_attn",
             mlp_attr="mlp",
             protect_first=protect_first,
             summary_query="cls" if protect_first else "mean",
             extra_modules=extra_modules,
             hub_classes=hub_classes,
-            validate=check_llm if decoders else validate,
+            validate=check_llm,
             **adapter_kwargs,
         )
     )
@@ -294,7 +328,6 @@ __all__ = [
     "TurboGridTowerMixin",
     "TurboPackedLLMMixin",
     "TurboPlaceholderMixin",
-    "refuse_llm_settings",
     "register_grid_family",
     "run_grid_layers",
 ]

@@ -1,4 +1,5 @@
-"""Image tokens reduced inside any decoder-only language model that follows Transformers' decoder conventions.
+"""Visual tokens (images, videos) reduced inside any decoder-only language model that follows Transformers'
+decoder conventions.
 
 The stock text model's forward runs unchanged: its embeddings, rotary embedding (1-D, or Qwen2-VL's 3-D mRoPE),
 causal mask and cache are built by the stock code. Only two thin wrappers are swapped in (by exact class, through
@@ -13,7 +14,9 @@ the family's `class_map`):
   (`llm_token_scores.decoder_layer_scores`) and reduces them (`llm_token_reduction.reduce_image_tokens`); every
   layer >= K then gets the gathered hidden states, the gathered `position_embeddings` (so kept tokens keep their
   original positions, 3-D ones included), the gathered `position_ids`, and the mask of its shorter cache
-  (`llm_token_masks`). Decoding steps only get those masks.
+  (`llm_token_masks`). Decoding steps only get those masks. A request whose tokens carry a key bias the layer-0
+  mask lacks (LLaVA-NeXT-Video's merged video tokens: `log(size)`) adds it from layer 0 on, as a stage that removes
+  nothing.
 
 Without a request and without a reduced cache both wrappers call the stock forward with the stock arguments: the
 computation is the stock one, bit for bit. Requirements: eager or SDPA attention, full causal attention in every
@@ -39,8 +42,8 @@ from .llm_token_masks import (
     gather_mask,
     stage_key_columns,
 )
+from .llm_token_layout import CHUNKED
 from .llm_token_reduction import (
-    CHUNKED,
     LLMReductionRequest,
     ReductionSettings,
     follow,
@@ -127,19 +130,21 @@ class LLMRun:
                     "continued with new images is not supported either)."
                 )
             config = request.config
-            self.stages = dict(zip(config.llm_layers, config.llm_keep))
+            self.stages = dict(zip(config.llm_layers or [], config.llm_keep or []))
+            # a bias the layer-0 mask lacks is added from the first layer on (a stage that removes nothing)
+            self.bias_first = request.key_bias is not None and not request.bias_in_mask
             self.settings = ReductionSettings.from_config(config)
-            self.columns = torch.arange(self.q_length, device=request.is_image.device).expand(self.batch, -1)
+            self.columns = torch.arange(self.q_length, device=request.is_visual.device).expand(self.batch, -1)
             self.holder = self.columns
-            self.is_image = request.is_image
+            self.is_image = request.is_visual
             self.size = torch.ones(self.batch, self.q_length, 1, device=self.columns.device)
             if request.sizes is not None:
                 self.size = request.sizes.to(self.columns.device, torch.float32)
             self.key_bias = request.key_bias
-            self.original = request.image_counts
-            self.counts = request.image_counts
+            self.original = request.item_counts
+            self.counts = request.item_counts
             self.position_embeddings = self.position_ids = None
-            self.saved_columns, self.saved_bias = [], []
+            self.saved_layers, self.saved_columns, self.saved_bias = [], [], []
         else:
             if self.q_length != 1:
                 raise ValueError(
@@ -158,14 +163,17 @@ class LLMRun:
     def before_layer(self, layer, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
         """Rewrite one decoder layer's inputs in place (`kwargs`); returns its hidden states."""
         layer_idx = layer.self_attn.layer_idx
-        if layer_idx in self.stages:
+        first_bias = self.request is not None and self.bias_first and not self.active
+        if layer_idx in self.stages or first_bias:
             if self.full is None:
                 mask = kwargs.get("attention_mask")
                 self.skip = mask is None
                 self.full = _full_allowed(mask, self.batch, self.q_length, self.past, hidden.device)
             cache = kwargs.get(CACHE_NAME)
-            if self.request is not None:
+            if self.request is not None and layer_idx in self.stages:
                 hidden = self._reduce(layer, layer_idx, hidden, kwargs, cache)
+            elif self.request is not None:
+                self._add_bias(layer_idx, hidden, kwargs, cache)
             else:
                 stage = self.stages[layer_idx]
                 kv_length = int(cache.get_mask_sizes(self.q_length, layer_idx)[0])
@@ -181,6 +189,23 @@ class LLMRun:
                 if kwargs.get("position_ids") is not None:
                     kwargs["position_ids"] = self.position_ids
         return hidden
+
+    def _add_bias(self, layer_idx: int, hidden: torch.Tensor, kwargs: dict, cache) -> None:
+        """A stage that removes nothing: the full sequence with the request's key bias in the mask."""
+        self.position_embeddings = kwargs["position_embeddings"]
+        self.position_ids = kwargs.get("position_ids")
+        self._save_stage(layer_idx, hidden.dtype, cache)
+
+    def _save_stage(self, layer_idx: int, dtype: torch.dtype, cache) -> None:
+        """The mask of the current sequence from this layer on, and the stage kept for the decoding steps."""
+        length = self.columns.shape[1]
+        kv_length = int(cache.get_mask_sizes(length, layer_idx)[0]) if cache is not None else length
+        self.mask = self._stage_mask(rows=self.columns.clamp_min(0), kept_columns=self.columns,
+                                     prefill_length=self.q_length, kv_length=kv_length, key_bias=self.key_bias,
+                                     dtype=dtype)
+        self.saved_layers.append(layer_idx)
+        self.saved_columns.append(self.columns)
+        self.saved_bias.append(self.key_bias)
 
     def _reduce(self, layer, layer_idx: int, hidden: torch.Tensor, kwargs: dict, cache) -> torch.Tensor:
         if self.active:
@@ -214,13 +239,7 @@ class LLMRun:
         self.holder = follow(self.holder, step.new_index)
         self.size, self.is_image, self.counts = step.size, step.is_image, step.image_counts
         self.key_bias = step_key_bias(request.bias_step, self.size)
-        length = self.columns.shape[1]
-        kv_length = int(cache.get_mask_sizes(length, layer_idx)[0]) if cache is not None else length
-        self.mask = self._stage_mask(rows=self.columns.clamp_min(0), kept_columns=self.columns,
-                                     prefill_length=self.q_length, kv_length=kv_length, key_bias=self.key_bias,
-                                     dtype=hidden.dtype)
-        self.saved_columns.append(self.columns)
-        self.saved_bias.append(self.key_bias)
+        self._save_stage(layer_idx, hidden.dtype, cache)
         return step.hidden
 
     def _stage_mask(self, rows, kept_columns, prefill_length, kv_length, key_bias, dtype):
@@ -252,7 +271,7 @@ class LLMRun:
         cache = cache_of(outputs)
         if cache is not None and self.saved_columns:
             reduced = ReducedCacheState(
-                layers=[layer for layer in self.request.config.llm_layers],
+                layers=self.saved_layers,
                 prefill_length=self.q_length,
                 columns=self.saved_columns,
                 key_bias=self.saved_bias,

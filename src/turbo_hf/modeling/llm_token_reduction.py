@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from .configuration_turbo import TurboConfig
+from .llm_token_layout import CHUNKED
 from .merging import bipartite_plan, max_reduction, merge_tokens
 from .turbo_encoder import LayerStep
 
@@ -45,72 +46,36 @@ ROUND_FRACTION = 0.25
 
 @dataclass
 class LLMReductionRequest:
-    """What a language model needs from its multimodal model to reduce image tokens during a prefill.
+    """What a language model needs from its multimodal model to reduce visual tokens during a prefill, or to give
+    merged ones their `log(size)` bias.
 
     Args:
-        is_image: (B, Q) bool, the image tokens of this call.
-        image_counts: per sample, the token count of each of its images in order of appearance (images are
-            consecutive runs of image tokens; `split_image_counts` builds it from the counts of all images).
-        sizes: (B, Q, 1) float32 input patches each token stands for after the vision tower (1 for text), or None.
-        key_bias: (B, Q) the part of it that the layer-0 mask carries as a key bias (proportional attention), or None.
+        is_visual: (B, Q) bool, the visual tokens of this call (images and videos).
+        item_counts: per sample, the token count of each of its visual items (an image or a video) in order of
+            appearance (`llm_token_layout.visual_item_counts` builds it).
+        sizes: (B, Q, 1) float32 input patches each token stands for before the language model (1 for text), or
+            None (all 1).
+        key_bias: (B, Q) their key bias (proportional attention: `bias_step.attention_bias(sizes)`), or None.
         bias_step: a step whose `attention_bias(size)` gives the key bias of tokens after an in-LLM reduction (the
             core's rule: `log(size)` under proportional attention with `reduction="merge"`, else None).
-        config: the Turbo settings.
+        config: the Turbo settings (`llm_layers` may be None: the request then only brings `key_bias`).
+        bias_in_mask: the layer-0 mask the language model gets carries `key_bias` already (LLaVA-1.5 builds its
+            mask); else the run adds it to the mask of every layer, prefill and decoding.
     """
 
-    is_image: torch.Tensor
-    image_counts: list[list[int]]
+    is_visual: torch.Tensor
+    item_counts: list[list[int]]
     sizes: torch.Tensor | None
     key_bias: torch.Tensor | None
     bias_step: LayerStep
     config: TurboConfig
+    bias_in_mask: bool = False
 
 
 def step_key_bias(step: LayerStep, size: torch.Tensor) -> torch.Tensor | None:
     """The (B, L) float32 key bias of tokens of sizes (B, L, 1) under `step.attention_bias`, or None."""
     bias = step.attention_bias(size, torch.float32)
     return None if bias is None else bias[:, 0, 0]
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Layout of the image tokens
-# ------------------------------------------------------------------------------------------------------------
-
-CHUNKED = (
-    "Image token reduction inside the language model needs all image tokens of a prompt in one forward call "
-    "(chunked prefill, `prefill_chunk_size`, splits images and is not supported)"
-)
-
-
-def split_image_counts(is_image: torch.Tensor, counts: list[int]) -> list[list[int]]:
-    """The token counts of all images of a batch (in order, sample after sample) split per sample.
-
-    Example:
-
-    ```python
-    >>> import torch
-    >>> from turbo_hf.modeling.llm_token_reduction import split_image_counts
-    >>> split_image_counts(torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool), [2, 1, 2])
-    [[2, 1], [2]]
-    ```
-    """
-    per_sample = is_image.sum(dim=1).tolist()
-    result, start = [], 0
-    for sample, tokens in enumerate(per_sample):
-        taken, total = [], 0
-        while total < tokens and start < len(counts):
-            taken.append(int(counts[start]))
-            total += int(counts[start])
-            start += 1
-        if total != tokens:
-            raise ValueError(
-                f"{CHUNKED}: sample {sample} holds {tokens} image tokens, which are not whole images of "
-                f"{list(counts)} tokens."
-            )
-        result.append(taken)
-    if start != len(counts):
-        raise ValueError(f"{CHUNKED}: the batch holds {sum(per_sample)} image tokens, its images {sum(counts)}.")
-    return result
 
 
 def keep_count(entry: int | float, tokens: int) -> int:
@@ -374,7 +339,6 @@ def restore_length(hidden: torch.Tensor, holder: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
-    "CHUNKED",
     "LLMReductionRequest",
     "ROUND_FRACTION",
     "ReductionSettings",
@@ -385,6 +349,5 @@ __all__ = [
     "reduce_group_tokens",
     "reduce_image_tokens",
     "restore_length",
-    "split_image_counts",
     "step_key_bias",
 ]

@@ -262,12 +262,13 @@ class TurboLlavaModel(TurboHubMixin, LlavaModel):
             is_image = special_image_mask[..., 0]
             per_image = self.num_image_tokens()
             request = LLMReductionRequest(
-                is_image=is_image,
-                image_counts=[[per_image] * (int(count) // per_image) for count in is_image.sum(dim=1)],
+                is_visual=is_image,
+                item_counts=[[per_image] * (int(count) // per_image) for count in is_image.sum(dim=1)],
                 sizes=sizes,
                 key_bias=chunk_bias,
                 bias_step=bias_step,
                 config=turbo,
+                bias_in_mask=True,
             )
         with llm_reduction_request(self.language_model, request):
             outputs = self.language_model(

@@ -13,9 +13,14 @@ Two reductions, both optional:
   language model reads that many `<video>` tokens, in time order. `TurboLlavaNextVideoProcessor` expands `<video>`
   with the same count, and a text whose count differs is refused with both counts named.
 
-With `r=0` and no `video_keep` the model is the stock one, bit for bit. Not supported: vision towers other than
-CLIP, `output_attentions` while merging, the in-LLM reduction (`llm_layers`, refused), and a `log(size)` bias for
-the merged video tokens inside the language model.
+- Inside the language model (`llm_layers`, `llm_keep`, `llava_next_kit.TurboPackedLLMMixin`): each image (its packed
+  features) and each video (all its frames' tokens, jointly) keeps `llm_keep` of its tokens at each layer of
+  `llm_layers`, as for LLaVA-NeXT.
+
+Under proportional attention (`reduction="merge"`), a video token that stands for `size` stock tokens after the
+joint merge gets `log(size)` as its key bias in every layer of the language model, prefill and decoding (the in-LLM
+run's masks, `llm_decoder_layers`). With `r=0` and no `video_keep` / `llm_layers` the model is the stock one, bit for
+bit. Not supported: vision towers other than CLIP, `output_attentions` while merging.
 
 Example:
 
@@ -35,7 +40,10 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer, CLIPVisionModel
 from transformers.models.llava_next_video.configuration_llava_next_video import LlavaNextVideoConfig
 from transformers.models.llava_next_video.modeling_llava_next_video import (
@@ -44,12 +52,28 @@ from transformers.models.llava_next_video.modeling_llava_next_video import (
 )
 
 from .configuration_turbo import TurboConfig
-from .llava_next_kit import TurboPlaceholderMixin, refuse_llm_settings, register_grid_family
+from .llava_next_kit import TurboPackedLLMMixin, TurboPlaceholderMixin, register_grid_family
+from .llm_decoders import LLAMA_DECODER, QWEN2_DECODER
 from .modeling_turbo_clip import TurboCLIPAttention, TurboCLIPEncoderLayer
 from .turbo_layers import TurboModelMixin
 from .video_token_merging import merge_video_tokens, video_token_count
 
-NO_SPLIT = ["CLIPVisionEmbeddings", "TurboCLIPEncoderLayer", "LlavaNextVideoMultiModalProjector"]
+NO_SPLIT = ["CLIPVisionEmbeddings", "TurboCLIPEncoderLayer", "LlavaNextVideoMultiModalProjector",
+            "TurboLlamaDecoderLayer", "TurboQwen2DecoderLayer"]
+
+
+@dataclass
+class TurboVideoOutput(BaseModelOutputWithPooling):
+    """What `TurboLlavaNextVideoModel.get_video_features` returns with `video_keep`.
+
+    Args:
+        pooler_output (`torch.Tensor` of shape `(num_videos, tokens, hidden_size)`): each video's merged tokens.
+        deepstack_features (`list[list[torch.Tensor]]`): `[[sizes_video_0, ...]]`, one `(tokens, 1)` float32
+            tensor per video, the stock tokens each merged token stands for (its `log(size)` bias in the language
+            model). It uses the field `generate()` expands for beam search together with `pooler_output`.
+    """
+
+    deepstack_features: list | None = None
 
 
 class TurboLlavaNextVideoConfig(LlavaNextVideoConfig):
@@ -67,7 +91,7 @@ def stock_video_tokens(config: LlavaNextVideoConfig, frames: int) -> int:
     return frames * pooled * pooled
 
 
-class TurboLlavaNextVideoModel(TurboModelMixin, TurboPlaceholderMixin, LlavaNextVideoModel):
+class TurboLlavaNextVideoModel(TurboPackedLLMMixin, TurboModelMixin, TurboPlaceholderMixin, LlavaNextVideoModel):
     """`LlavaNextVideoModel` with Turbo in its CLIP tower and, with `video_keep`, a joint merge over each video's
     frames before the language model."""
 
@@ -90,7 +114,7 @@ class TurboLlavaNextVideoModel(TurboModelMixin, TurboPlaceholderMixin, LlavaNext
     def get_video_features(self, pixel_values_videos: torch.Tensor, vision_feature_layer=None,
                            vision_feature_select_strategy=None, **kwargs):
         """The stock video features (tower, pooling, projector), then each video's frames merged jointly to the
-        `video_keep` count (`pooler_output`: (num_videos, tokens, hidden_size))."""
+        `video_keep` count (`TurboVideoOutput`: their sizes in `deepstack_features`)."""
         # Overrides transformers.models.llava_next_video.modeling_llava_next_video.LlavaNextVideoModel.get_video_features (v5.24)
         return_dict = kwargs.pop("return_dict", True)
         outputs = super().get_video_features(
@@ -101,7 +125,8 @@ class TurboLlavaNextVideoModel(TurboModelMixin, TurboPlaceholderMixin, LlavaNext
         if config.video_keep is not None:
             features = outputs.pooler_output
             keep = video_token_count(features.shape[1], config.video_keep)
-            outputs.pooler_output = merge_video_tokens(features, pixel_values_videos.shape[1], keep, config)[0]
+            merged, sizes = merge_video_tokens(features, pixel_values_videos.shape[1], keep, config)
+            outputs = TurboVideoOutput(**{**outputs, "pooler_output": merged}, deepstack_features=[list(sizes)])
         return outputs if return_dict else outputs.to_tuple()
 
 
@@ -129,7 +154,7 @@ register_grid_family(
     {CLIPEncoderLayer: TurboCLIPEncoderLayer, CLIPAttention: TurboCLIPAttention},
     {TurboLlavaNextVideoConfig: LLAVA_NEXT_VIDEO_AUTO_CLASSES},
     protect_first=True,
-    validate=refuse_llm_settings("LLaVA-NeXT-Video"),
+    decoders={**LLAMA_DECODER, **QWEN2_DECODER},
     merges_video=True,
 )
 
@@ -137,5 +162,6 @@ __all__ = [
     "TurboLlavaNextVideoConfig",
     "TurboLlavaNextVideoForConditionalGeneration",
     "TurboLlavaNextVideoModel",
+    "TurboVideoOutput",
     "stock_video_tokens",
 ]

@@ -9,7 +9,7 @@ is the tower's compute only (the language model reads as many tokens as in the s
 
 With `r=0` the model is the stock one, bit for bit. Image tokens can also be reduced inside the Qwen2 (or Llama)
 language model (`llm_layers`, `llm_keep`: per image, its packed features with its `image_newline` tokens,
-`llava_next_kit.TurboPackedLLMMixin`; prompts with videos are refused). Not supported: vision towers other than
+`llava_next_kit.TurboPackedLLMMixin`; each video, all its frames and its closing `image_newline`, jointly). Not supported: vision towers other than
 SigLIP, `output_attentions` while merging.
 
 Example:

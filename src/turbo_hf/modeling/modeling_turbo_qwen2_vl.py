@@ -14,9 +14,12 @@ their positions are the stock ones. Left-padded batched `generate()`, DynamicCac
 Qwen3-VL adds its deepstack image features to the full-length hidden states after its first decoder layers (one per
 `deepstack_visual_indexes` entry): reductions start at that layer or later (refused earlier, at `apply_turbo`).
 
+Videos: each video is one visual item, all its frames' tokens reduced jointly (`llm_keep` applies per video: the
+same content in consecutive frames merges); Qwen3-VL's timestamps between a video's frames stay text tokens.
+
 Not done here: merging inside the vision tower (2-D RoPE, windowed attention in 2.5, the 2x2 patch merger that
-needs the full grid): `r` and `flops_ratio` are refused. Videos with `llm_layers` are refused (only image tokens
-are reduced). With no `llm_layers` the model is the stock one, bit for bit.
+needs the full grid): `r` and `flops_ratio` are refused. With no `llm_layers` the model is the stock one, bit for
+bit.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from .configuration_turbo_qwen2_vl import TurboQwen2_5_VLConfig, TurboQwen2VLCon
 from .hub_export import TurboHubMixin
 from .llm_decoder_layers import check_llm_reduction, llm_bias_step, llm_reduction_request
 from .llm_decoders import QWEN2_5_VL_DECODER, QWEN2_VL_DECODER, QWEN3_VL_DECODER, supported_decoders
-from .llm_token_reduction import LLMReductionRequest, split_image_counts
+from .llm_token_layout import visual_item_counts
+from .llm_token_reduction import LLMReductionRequest
 from .patching import apply_turbo_from_config
 from .registry import FamilyAdapter, register_adapter
 
@@ -41,7 +45,8 @@ NOMINAL_PATCHES = 1024  # a 448 x 448 image in 14 px patches: what `turbo_plan` 
 
 
 class TurboQwenVLModelMixin:
-    """The inner Qwen-VL model: hands its text model a reduction request for each prompt that holds images."""
+    """The inner Qwen-VL model: hands its text model a reduction request for each prompt that holds images or
+    videos."""
 
     def forward(self, *args, **kwargs):
         # Overrides transformers.models.qwen2_vl.modeling_qwen2_vl.Qwen2VLModel.forward (v5.24): a wrapper
@@ -55,32 +60,28 @@ class TurboQwenVLModelMixin:
         turbo = self.turbo_runtime.config
         if not turbo.reduces_llm_tokens:
             return None
-        encoded = (kwargs.get("mm_encoder_outputs") or {}).get("image")  # `generate()` encodes the images first
+        encoded = kwargs.get("mm_encoder_outputs") or {}  # `generate()` encodes the images and videos first
         if input_ids is None:
-            if kwargs.get("pixel_values") is not None or encoded is not None:
+            if any(kwargs.get(key) is not None for key in ("pixel_values", "pixel_values_videos")) or encoded:
                 raise ValueError("Image token reduction inside the language model (`llm_layers`) needs `input_ids`.")
             return None
-        if bool((input_ids == self.config.video_token_id).any()):
-            raise ValueError(
-                "`llm_layers` reduces image tokens; this prompt holds video tokens, which Turbo for Qwen-VL does not "
-                "reduce. Remove `llm_layers`/`llm_keep` from the Turbo config for videos."
-            )
-        is_image = input_ids == self.config.image_token_id
-        if not bool(is_image.any()):
+        merge = self.config.vision_config.spatial_merge_size**2
+        counts = {}
+        for kind, pixels in (("image", "pixel_values"), ("video", "pixel_values_videos")):
+            token = getattr(self.config, f"{kind}_token_id")
+            grid = kwargs.get(f"{kind}_grid_thw")
+            if encoded.get(kind) is not None:
+                counts[token] = [features.shape[0] for features in encoded[kind].pooler_output]
+            elif kwargs.get(pixels) is not None:
+                if grid is None:
+                    raise ValueError(f"Image token reduction inside the language model needs `{kind}_grid_thw` with "
+                                     f"`{pixels}`.")
+                counts[token] = (grid.prod(-1) // merge).tolist()
+        if not counts:  # a text-only prompt, or a decoding step
             return None
-        grid = kwargs.get("image_grid_thw")
-        if encoded is not None:
-            counts = [features.shape[0] for features in encoded.pooler_output]
-        elif grid is not None:
-            counts = (grid.prod(-1) // self.config.vision_config.spatial_merge_size**2).tolist()
-        else:
-            raise ValueError("Image token reduction inside the language model needs `image_grid_thw` with the images.")
+        is_visual, items = visual_item_counts(input_ids, counts)
         return LLMReductionRequest(
-            is_image=is_image,
-            image_counts=split_image_counts(is_image, counts),
-            sizes=None,
-            key_bias=None,
-            bias_step=llm_bias_step(turbo),
+            is_visual=is_visual, item_counts=items, sizes=None, key_bias=None, bias_step=llm_bias_step(turbo),
             config=turbo,
         )
 

@@ -10,8 +10,8 @@ each at the first position it holds), which is the order the language model read
 
 Scores come from the projected features themselves (no attention layer runs here): redundancy is their cosine
 similarity, and the semantic value (modes `"turbo"` and `"semantic"`) the attention of their size-weighted mean,
-as for towers without [CLS]. `reduction="merge"` averages by size; `"prune"` drops. The language model reads the
-merged tokens without a `log(size)` bias (that needs the in-LLM masks).
+as for towers without [CLS]. `reduction="merge"` averages by size; `"prune"` drops. The sizes go with the merged
+tokens to the language model, whose masks give each one its `log(size)` key bias (`llava_next_kit`).
 
 Example:
 
