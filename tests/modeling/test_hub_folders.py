@@ -1,5 +1,6 @@
 """A Hub folder of one family carries that family's file and the kit, nothing else, and loads with remote code
-(in a subprocess where `turbo_hf` cannot be imported) to the same outputs as the in-package model."""
+(in a subprocess where `turbo_hf` cannot be imported) to the same outputs as the in-package model; a folder saved
+with image tokens reduced inside the language model (`llm_layers`) keeps those settings and reduces the same way."""
 
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from turbo_hf.modeling import TurboBlip2Config, TurboBlipConfig, TurboCLIPConfig
 from turbo_hf.modeling.hub_export import remote_code_files
 from turbo_hf import modeling
 from turbo_hf.testing import tiny_models
+from turbo_hf.testing.family_tester import CASES as FAMILY_CASES
 
 TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 VISION = dict(image_size=32, patch_size=4, **TOWER)
@@ -176,3 +178,39 @@ def test_llava_next_style_folders_carry_their_files_and_load_without_the_package
     assert result.returncode == 0, result.stderr[-3000:]
     for _, name in saved:
         assert f"REMOTE {name} True" in result.stdout
+
+
+LLM_CASES = [case for case in FAMILY_CASES if case.in_llm]  # LLaVA's `-llm` cases and Qwen-VL: rows are the logits
+LOGITS = "model(**inputs).logits.flatten(1)"
+
+
+def settings_check(settings: dict) -> str:
+    """The line that prints whether the remote model's saved Turbo settings are `settings`."""
+    return (
+        'saved = model.config.to_dict()["turbo_config"]\n'
+        f'print("SETTINGS", type(model).__name__, all(saved[k] == v for k, v in {settings!r}.items()))\n'
+    )
+
+
+def test_in_llm_folders_keep_their_settings_and_load_without_the_package_to_the_same_rows(tmp_path):
+    checks, names = [], []
+    for i, case in enumerate(LLM_CASES):
+        merging = TurboConfig(**case.merging)
+        case.build().save_pretrained(tmp_path / f"stock{i}")
+        model = getattr(modeling, case.turbo_class).from_pretrained(tmp_path / f"stock{i}", turbo_config=merging).eval()
+        folder = tmp_path / f"turbo{i}"
+        model.save_pretrained(folder)
+        module_file = sys.modules[type(model).__module__].__file__
+        assert {path.name for path in folder.glob("*.py")} == {path.name for path in remote_code_files(module_file)}
+        inputs = case.inputs(model, turbo=merging)
+        with torch.no_grad():
+            expected = eval(LOGITS, {}, {"model": model, "inputs": inputs})
+        assert torch.equal(expected, case.read(model, inputs))  # the remote call reads the case's rows
+        torch.save((inputs, expected), tmp_path / f"tensors{i}.pt")
+        checks += [remote_check(folder, case.auto_class, tmp_path / f"tensors{i}.pt", LOGITS),
+                   settings_check(merging.settings())]
+        names.append(type(model).__name__)
+    result = run_remote_checks(checks)  # one interpreter for all of them
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in names:
+        assert f"REMOTE {name} True" in result.stdout and f"SETTINGS {name} True" in result.stdout, result.stdout

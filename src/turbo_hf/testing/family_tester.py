@@ -4,6 +4,11 @@
 A case builds its stock model, feeds it a batch without padding (the family files test padding) and reads the
 tensors a user reads from it, one row per sample. It names its public Turbo class and the Auto class that
 loads a saved Turbo folder, and whether its token order carries meaning (`token_order="tome"` refused).
+
+The in-LLM cases (LLaVA-1.5/NeXT/OneVision `-llm`, Qwen2-VL, Qwen2.5-VL, Qwen3-VL) reduce image tokens inside the
+language model (`llm_layers`, `llm_keep`); where the family takes images of several sizes, their batches hold
+images of different token counts per row (`family_inputs`). The Qwen-VL ones merge nothing in their tower (`r`
+refused) and split their batches with `family_inputs.split_qwen`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import transformers
 from torch import nn
 from transformers.utils import ModelOutput
 
-from . import tiny_models
+from . import family_inputs, tiny_models
 from ..modeling.configuration_turbo import TurboConfig
 from ..modeling.llava_token_counts import image_token_count
 from ..modeling.modeling_turbo_llava_next_video import stock_video_tokens
@@ -24,6 +29,13 @@ from ..modeling.video_token_merging import video_token_count
 
 
 Inputs = dict[str, object]
+GENERATED = 3  # new tokens of the greedy `generate()` checks
+
+
+def split(inputs: Inputs) -> list[Inputs]:
+    """The batch as one-sample batches (tensors sliced on dim 0, other arguments kept)."""
+    batch = next(v.shape[0] for v in inputs.values() if torch.is_tensor(v))
+    return [{k: v[i : i + 1] if torch.is_tensor(v) else v for k, v in inputs.items()} for i in range(batch)]
 
 
 @dataclass(frozen=True)
@@ -37,12 +49,17 @@ class FamilyCase:
         make_inputs: `(batch, model, turbo_config) -> inputs`; the config matters where the input length
             depends on the merging (LLaVA's image placeholders).
         rows: `(model, inputs) -> (batch, n)` tensor: what a user reads, one row per sample.
-        merging: settings that remove tokens in every case (checked: the output changes).
+        merging: settings that remove tokens in every case (checked: the output changes); with `llm_layers`, the
+            image tokens are reduced inside the language model (an in-LLM case).
         turbo_class: the public Turbo class (by name in `turbo_hf`), for the Hub round trip; None if none.
         auto_class: the Auto class a saved Turbo folder loads with; None: `turbo_class.from_pretrained`.
         spatial_only: `token_order="tome"` is refused (the token order carries meaning downstream).
         large_weights: re-draw the weights large (BLIP-2's queries barely move the outputs otherwise).
         unlike_stock: output fields (path prefixes) that differ from stock at r=0 by design, with the reason.
+        split_batch: `inputs -> one-sample inputs`, in row order (Qwen-VL's flat image tensors need their own).
+        tower_merging: `r` merges tokens in a tower of the family (False: only the in-LLM reduction; `r` refused).
+        keep_all: for the in-LLM cases (`llm_layers` in `merging`), `model -> int`: the most tokens of one image of
+            the case's inputs, so the `llm_keep` count that runs the reduction's wrappers yet removes nothing.
     """
 
     name: str
@@ -56,9 +73,25 @@ class FamilyCase:
     spatial_only: bool = False
     large_weights: bool = False
     unlike_stock: dict[str, str] = field(default_factory=dict)
+    split_batch: Callable[[Inputs], list[Inputs]] = split
+    tower_merging: bool = True
+    keep_all: Callable[[nn.Module], int] | None = None
 
     def __repr__(self) -> str:
         return self.name
+
+    @property
+    def in_llm(self) -> bool:
+        """Whether the case's reducing settings reduce image tokens inside the language model (`llm_layers`)."""
+        return "llm_layers" in self.merging
+
+    def removing_nothing(self, model: nn.Module) -> list[TurboConfig]:
+        """Settings that must give the stock outputs bit for bit: r=0, and for in-LLM cases a reduction at the case's
+        first `llm_layers` layer that keeps every token of every image (its wrappers run, nothing is removed)."""
+        if not self.in_llm:
+            return [TurboConfig(r=0)]
+        layer = TurboConfig(**self.merging).llm_layers[0]
+        return [TurboConfig(r=0), TurboConfig(llm_layers=[layer], llm_keep=[self.keep_all(model)])]
 
     @property
     def supports_sdpa(self) -> bool:
@@ -88,11 +121,11 @@ class FamilyCase:
         with torch.no_grad():
             return self.rows(model, inputs)
 
-
-def split(inputs: Inputs) -> list[Inputs]:
-    """The batch as one-sample batches (tensors sliced on dim 0, other arguments kept)."""
-    batch = next(v.shape[0] for v in inputs.values() if torch.is_tensor(v))
-    return [{k: v[i : i + 1] if torch.is_tensor(v) else v for k, v in inputs.items()} for i in range(batch)]
+    def generate(self, model: nn.Module, inputs: Inputs) -> torch.Tensor:
+        """The `GENERATED` new ids of greedy `generate()` (no early stop: every row gets them all)."""
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=GENERATED, min_new_tokens=GENERATED, do_sample=False)
+        return out[:, inputs["input_ids"].shape[1] :]
 
 
 def tensors(output: ModelOutput | tuple | list, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -308,5 +341,34 @@ CASES += [  # Turbo in the tower, the full grid given back: the stock counts and
     FamilyCase("llava-next-video", "LlavaNextVideoForConditionalGeneration", tiny_models.llava_next_video_config,
                _llava_next_video, _flat("logits"), merging={"r": 8, "video_keep": 0.25},
                turbo_class="TurboLlavaNextVideoForConditionalGeneration", auto_class="AutoModelForImageTextToText"),
+]
+NEXT_LLM = dict(make_inputs=family_inputs.next_batch, rows=_flat("logits"), auto_class="AutoModelForImageTextToText",
+                keep_all=family_inputs.most_next_tokens)
+QWEN = dict(make_inputs=family_inputs.qwen_batch, rows=_flat("logits"), auto_class="AutoModelForImageTextToText",
+            spatial_only=True, split_batch=family_inputs.split_qwen, tower_merging=False,
+            keep_all=lambda model: family_inputs.most_qwen_tokens())
+CASES += [  # image tokens reduced inside the language model (`llm_layers`, `llm_keep`: a count or a share per image)
+    FamilyCase("llava-llm", "LlavaForConditionalGeneration", tiny_models.llava_config, _llava, _flat("logits"),
+               merging={"llm_layers": [1], "llm_keep": [16]}, turbo_class="TurboLlavaForConditionalGeneration",
+               auto_class="AutoModelForImageTextToText", spatial_only=True, unlike_stock=LLAVA_IMAGE_OUTPUTS,
+               keep_all=lambda model: image_token_count(model.config, TurboConfig())),
+    FamilyCase("llava-next-llm", "LlavaNextForConditionalGeneration", tiny_models.llava_next_config,
+               merging={"llm_layers": [1], "llm_keep": [0.5]}, turbo_class="TurboLlavaNextForConditionalGeneration",
+               **NEXT_LLM),
+    FamilyCase("llava-onevision-llm", "LlavaOnevisionForConditionalGeneration", tiny_models.llava_onevision_config,
+               merging={"llm_layers": [1], "llm_keep": [40]},
+               turbo_class="TurboLlavaOnevisionForConditionalGeneration", **NEXT_LLM),
+    # Qwen-VL: only the in-LLM reduction; rows of different image grids (`family_inputs.QWEN_ROWS`)
+    FamilyCase("qwen2-vl", "Qwen2VLForConditionalGeneration", tiny_models.qwen2_vl_config,
+               merging={"llm_layers": [1, 3], "llm_keep": [0.5, 0.25]},
+               turbo_class="TurboQwen2VLForConditionalGeneration", **QWEN),
+    FamilyCase("qwen2.5-vl", "Qwen2_5_VLForConditionalGeneration", tiny_models.qwen2_5_vl_config,
+               merging={"llm_layers": [2], "llm_keep": [3]}, turbo_class="TurboQwen2_5_VLForConditionalGeneration",
+               **QWEN),
+    # Qwen3-VL adds deepstack features after decoder layers 0 and 1 (`deepstack_visual_indexes=[0, 1]`): reductions
+    # from layer 2 on
+    FamilyCase("qwen3-vl", "Qwen3VLForConditionalGeneration", tiny_models.qwen3_vl_deepstack_config,
+               merging={"llm_layers": [2], "llm_keep": [0.5]}, turbo_class="TurboQwen3VLForConditionalGeneration",
+               **QWEN),
 ]
 BY_NAME = {case.name: case for case in CASES}

@@ -345,3 +345,11 @@ def qwen3_vl_config(config_class=None, layers: int = 4, **kw):
     text["rope_parameters"] = dict(text["rope_parameters"], mrope_interleaved=True)
     config_class = config_class or Qwen3VLConfig
     return config_class(text_config=text, vision_config=vision, **_qwen_ids(), **kw)
+
+
+def qwen3_vl_deepstack_config(**kw):
+    """Qwen3-VL as `qwen3_vl_config`, with the features of both tower blocks added as deepstack features after decoder
+    layers 0 and 1 (`deepstack_visual_indexes=[0, 1]`): image tokens can be reduced from decoder layer 2 on."""
+    config = qwen3_vl_config(**kw)
+    config.vision_config.deepstack_visual_indexes = [0, 1]
+    return config
