@@ -148,10 +148,10 @@ def test_llava_forward_passes_the_output_arguments_to_the_vision_tower(model_cla
 # ----------------------------------------------------------------------------------- initialisation from configs
 
 
-def turbo_config_of(config, config_class):
+def turbo_config_of(config, config_class, settings: dict):
     values = config.to_dict()
     values.pop("model_type", None)
-    return config_class(**values, turbo_config=TurboConfig(r=2))
+    return config_class(**values, turbo_config=TurboConfig(**settings))
 
 
 INIT_CASES = [case for case in CASES if case.turbo_class]
@@ -163,7 +163,7 @@ def test_a_turbo_class_built_from_a_config_initialises_like_the_stock_class(case
     stock_class, turbo_class = getattr(transformers, case.stock_class), getattr(turbo_hf.modeling, case.turbo_class)
     torch.manual_seed(0)
     stock = stock_class(config).state_dict()
-    turbo_config = turbo_config_of(config, turbo_class.config_class)
+    turbo_config = turbo_config_of(config, turbo_class.config_class, case.merging)
     torch.manual_seed(0)
     ours = turbo_class(turbo_config).state_dict()
     assert list(ours) == list(stock)

@@ -358,6 +358,11 @@ CASES += [  # image tokens reduced inside the language model (`llm_layers`, `llm
     FamilyCase("llava-onevision-llm", "LlavaOnevisionForConditionalGeneration", tiny_models.llava_onevision_config,
                merging={"llm_layers": [1], "llm_keep": [40]},
                turbo_class="TurboLlavaOnevisionForConditionalGeneration", **NEXT_LLM),
+    # each video's frames merged jointly before the language model, then reduced inside it as one item
+    FamilyCase("llava-next-video-llm", "LlavaNextVideoForConditionalGeneration", tiny_models.llava_next_video_config,
+               _llava_next_video, _flat("logits"), merging={"video_keep": 0.5, "llm_layers": [1], "llm_keep": [0.5]},
+               turbo_class="TurboLlavaNextVideoForConditionalGeneration", auto_class="AutoModelForImageTextToText",
+               keep_all=lambda model: stock_video_tokens(model.config, 4)),
     # Qwen-VL: only the in-LLM reduction; rows of different image grids (`family_inputs.QWEN_ROWS`)
     FamilyCase("qwen2-vl", "Qwen2VLForConditionalGeneration", tiny_models.qwen2_vl_config,
                merging={"llm_layers": [1, 3], "llm_keep": [0.5, 0.25]},
