@@ -7,7 +7,9 @@ of different sizes have different token counts and `llm_keep` applies to each im
 
 import pytest
 import torch
-from transformers import LlavaNextForConditionalGeneration, LlavaOnevisionForConditionalGeneration
+from transformers import (
+    LlavaNextForConditionalGeneration, LlavaNextVideoForConditionalGeneration, LlavaOnevisionForConditionalGeneration,
+)
 
 from turbo_hf import apply_turbo, remove_turbo
 from turbo_hf.modeling.compat import cache_of
@@ -20,14 +22,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 FAMILIES = {
     "llava_next": (tiny_models.llava_next_config, LlavaNextForConditionalGeneration),
     "llava_onevision": (tiny_models.llava_onevision_config, LlavaOnevisionForConditionalGeneration),
-}
+    "llava_next_video": (tiny_models.llava_next_video_config, LlavaNextVideoForConditionalGeneration),  # videos:
+}  # test_llava_video_llm_reduction.py
+IMAGE_FAMILIES = ["llava_next", "llava_onevision"]
 SIZES = [(32, 64), (64, 64)]  # 2 tiles + base, 4 tiles + base: two anyres layouts, two token counts
 TEXTS = [[7, 8, 9, 10, 11, 12], [13, 14]]
 NEW = 4
 SETTINGS = {"llm_layers": [1], "llm_keep": [0.5]}
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES))
+@pytest.fixture(scope="module", params=IMAGE_FAMILIES)
 def name(request):
     return request.param
 
@@ -116,10 +120,16 @@ def test_left_padded_batch_with_two_anyres_layouts_is_each_row_alone_and_static_
     model = apply_turbo(stock_model(weights, name), **settings)
     counts = image_counts(model)
     assert counts[0] != counts[1]
-    batch = batch_inputs(model)
+    check_rows_alone_and_static(model, batch_inputs)
+
+
+def check_rows_alone_and_static(model, make_batch):
+    """Each row of the batch `make_batch(model)` generates as `make_batch(model, rows=(row,))` alone, and a static
+    cache as the dynamic one."""
+    batch = make_batch(model)
     ids, step_logits = generate(model, batch)
-    for row in range(2):
-        alone_ids, alone_logits = generate(model, batch_inputs(model, rows=(row,)))
+    for row in range(batch["input_ids"].shape[0]):
+        alone_ids, alone_logits = generate(model, make_batch(model, rows=(row,)))
         assert torch.equal(alone_ids, ids[row : row + 1])
         torch.testing.assert_close(alone_logits, step_logits[:, row : row + 1], atol=1e-5, rtol=1e-5)
     static_ids, static_logits = generate(model, batch, cache_implementation="static")

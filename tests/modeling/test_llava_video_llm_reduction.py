@@ -9,7 +9,10 @@ applies per video. The bias reference is the stock language model fed the same m
 
 import pytest
 import torch
-from transformers import LlavaNextVideoForConditionalGeneration, LlavaOnevisionForConditionalGeneration
+
+from test_llava_next_llm_reduction import (  # noqa: F401
+    NEW, check_rows_alone_and_static, generate, logits, stock_model, weights,
+)
 
 from turbo_hf import apply_turbo, remove_turbo
 from turbo_hf.modeling.compat import cache_of
@@ -19,30 +22,10 @@ from turbo_hf.testing import tiny_models
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 IMAGE, VIDEO = tiny_models.LLAVA_IMAGE_TOKEN, tiny_models.LLAVA_VIDEO_TOKEN
-FAMILIES = {
-    "llava_next_video": (tiny_models.llava_next_video_config, LlavaNextVideoForConditionalGeneration),
-    "llava_onevision": (tiny_models.llava_onevision_config, LlavaOnevisionForConditionalGeneration),
-}
+VIDEO_FAMILIES = ["llava_next_video", "llava_onevision"]
 IMAGE_SIZE = (32, 64)  # two anyres tiles and the base crop
 FRAMES = 4
 TEXTS = [[7, 8, 9], [10, 11, 12, 13, 14]]
-NEW = 4
-
-
-@pytest.fixture(scope="module")
-def weights():
-    result = {}
-    for family, (make, stock_class) in FAMILIES.items():
-        torch.manual_seed(0)
-        result[family] = tiny_models.large_weights(stock_class(make())).state_dict()
-    return result
-
-
-def stock_model(weights, name, attn="sdpa"):
-    make, stock_class = FAMILIES[name]
-    model = stock_class(tiny_models.set_attention(make(), attn))
-    model.load_state_dict(weights[name])
-    return model.eval()
 
 
 def pixels(seed: int, shape) -> torch.Tensor:
@@ -75,19 +58,7 @@ def batch_inputs(model, rows=(0, 1)) -> dict:
     return batch
 
 
-def generate(model, batch, **kw):
-    with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, output_logits=True,
-                             return_dict_in_generate=True, **kw)
-    return out.sequences[:, batch["input_ids"].shape[1]:], torch.stack(out.logits)
-
-
-def logits(model, batch):
-    with torch.no_grad():
-        return model(**batch).logits
-
-
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", VIDEO_FAMILIES)
 def test_keeping_every_token_with_videos_is_the_stock_model(weights, name):
     model = stock_model(weights, name)
     batch = batch_inputs(model)
@@ -108,21 +79,12 @@ SETTINGS = {
 }
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", VIDEO_FAMILIES)
 def test_left_padded_batch_with_videos_is_each_row_alone_and_static_is_dynamic(weights, name):
-    model = apply_turbo(stock_model(weights, name), **SETTINGS[name])
-    batch = batch_inputs(model)
-    ids, step_logits = generate(model, batch)
-    for row in range(2):
-        alone_ids, alone_logits = generate(model, batch_inputs(model, rows=(row,)))
-        assert torch.equal(alone_ids, ids[row : row + 1])
-        torch.testing.assert_close(alone_logits, step_logits[:, row : row + 1], atol=1e-5, rtol=1e-5)
-    static_ids, static_logits = generate(model, batch, cache_implementation="static")
-    assert torch.equal(static_ids, ids)
-    torch.testing.assert_close(static_logits, step_logits, atol=1e-5, rtol=1e-5)
+    check_rows_alone_and_static(apply_turbo(stock_model(weights, name), **SETTINGS[name]), batch_inputs)
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", VIDEO_FAMILIES)
 def test_each_video_keeps_its_share_of_all_its_frames(weights, name):
     model = apply_turbo(stock_model(weights, name), llm_layers=[1], llm_keep=[0.3])
     image_count, video_count = counts(model)

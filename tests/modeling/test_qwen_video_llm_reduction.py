@@ -9,7 +9,7 @@ removed tokens masked as keys (`masked_reference` of `test_modeling_turbo_qwen2_
 
 import pytest
 import torch
-from test_modeling_turbo_qwen2_vl import FAMILIES, NEW, generate, masked_reference, stock_model
+from test_modeling_turbo_qwen2_vl import FAMILIES, NEW, generate, masked_reference, stock_model, weights  # noqa: F401
 
 from turbo_hf import apply_turbo, remove_turbo
 from turbo_hf.modeling.compat import cache_of
@@ -68,15 +68,6 @@ def prompts(name, rows=(0, 1)) -> dict:
             batch[key] = torch.cat(pixels[kind])
             batch[f"{kind}_grid_thw"] = torch.tensor(grids[kind])
     return batch
-
-
-@pytest.fixture(scope="module")
-def weights():
-    result = {}
-    for name, (make, stock_class, *_) in FAMILIES.items():
-        torch.manual_seed(0)
-        result[name] = stock_class(make()).state_dict()
-    return result
 
 
 @pytest.mark.parametrize("name", FAMILIES)
