@@ -198,9 +198,9 @@ class TurboPackedLLMMixin:
                    if kwargs.get(key) is not None}
         pixel_values, videos = kwargs.get("pixel_values"), kwargs.get("pixel_values_videos")
         if encoded.get("image") is None and pixel_values is not None and pixel_values.size(0) > 0:
-            batch_images = {"batch_num_images": kwargs["batch_num_images"]} if kwargs.get("batch_num_images") is not None else {}
+            counted = {key: kwargs[key] for key in ("batch_num_images",) if kwargs.get(key) is not None}
             encoded["image"] = self.get_image_features(
-                pixel_values, kwargs.get("image_sizes"), return_dict=True, **options, **batch_images
+                pixel_values, kwargs.get("image_sizes"), return_dict=True, **options, **counted
             )
         if encoded.get("video") is None and videos is not None and videos.size(0) > 0:
             encoded["video"] = self.get_video_features(videos, return_dict=True, **options)

@@ -7,10 +7,10 @@ full patch grid back (`llava_next_kit`) before the stock packing: anyres crops w
 `LlavaOnevisionProcessor`, stay as they are; a text whose count differs is refused with both counts named. The saving
 is the tower's compute only (the language model reads as many tokens as in the stock model).
 
-With `r=0` the model is the stock one, bit for bit. Image tokens can also be reduced inside the Qwen2 (or Llama)
-language model (`llm_layers`, `llm_keep`: per image, its packed features with its `image_newline` tokens,
-`llava_next_kit.TurboPackedLLMMixin`; each video, all its frames and its closing `image_newline`, jointly). Not supported: vision towers other than
-SigLIP, `output_attentions` while merging.
+With `r=0` the model is the stock one, bit for bit. Image and video tokens can also be reduced inside the Qwen2 (or
+Llama) language model (`llm_layers`, `llm_keep`, `llava_next_kit.TurboPackedLLMMixin`): per image, its packed features
+with its `image_newline` tokens; per video, all its frames and its closing `image_newline`, jointly. Not supported:
+vision towers other than SigLIP, `output_attentions` while merging.
 
 Example:
 

@@ -197,12 +197,13 @@ OVERRIDES: tuple[Override, ...] = tuple(
         Override("turbo_hf.modeling.processing_turbo_llava_next_video.TurboLlavaNextVideoProcessor.replace_video_token",
                  "transformers.models.llava_next_video.processing_llava_next_video.LlavaNextVideoProcessor"
                  ".replace_video_token"),
-        # the in-LLM reduction of LLaVA-NeXT / OneVision: the inner models' wrapper, OneVision's Qwen2 decoder
+        # the in-LLM reduction of LLaVA-NeXT / OneVision / NeXT-Video: the inner models' wrapper, the Qwen2 decoder
         *(
             Override("turbo_hf.modeling.llava_next_kit.TurboPackedLLMMixin.forward",
                      f"transformers.models.{path}.forward")
             for path in ("llava_next.modeling_llava_next.LlavaNextModel",
-                         "llava_onevision.modeling_llava_onevision.LlavaOnevisionModel")
+                         "llava_onevision.modeling_llava_onevision.LlavaOnevisionModel",
+                         "llava_next_video.modeling_llava_next_video.LlavaNextVideoModel")
         ),
         Override("turbo_hf.modeling.llm_decoder_layers.TurboDecoderModelMixin.forward",
                  "transformers.models.qwen2.modeling_qwen2.Qwen2Model.forward"),
