@@ -14,15 +14,19 @@ measured with random weights: this measures speed, memory and the KV cache only.
 
 from __future__ import annotations
 
+import statistics
+
 import torch
+from torch import nn
 from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLDecoderLayer, Qwen2VLVisionBlock
+from transformers.models.qwen2_vl.modeling_qwen2_vl import PatchMerger, Qwen2VLDecoderLayer, Qwen2VLVisionBlock
 
 from ..modeling.llm_token_reduction import keep_count
 from ..modeling.patching import apply_turbo
 from ..modeling.schedules import layer_cost
-from .llm_reduction_benchmark import measure_settings
+from .llm_reduction_benchmark import DecodeRunner, measure_settings
 from .tables import markdown_table
+from .timing import cpu_clocked, timed_rounds, timing_summary, timing_warnings
 
 IMAGE, VIDEO, START, END = 996, 997, 998, 999
 # Qwen2-VL-7B's language model (its vision tower is `Qwen2VLVisionConfig`'s default: 32 blocks of width 1280)
@@ -142,6 +146,147 @@ def cost_markdown(rows: list[dict]) -> str:
     return markdown_table(headers, table)
 
 
+def prefill_macs(config, inputs: dict, layer: int, keeps) -> dict:
+    """MACs of one stock prefill over `inputs` from `config`'s module shapes (built on the meta device): the vision
+    tower (patch embedding, every block per image, the 2x2 merger), the language model over every padded position
+    (attention counted over all of them) and its head on the last token; for each share of `keeps`:
+
+    - `tower_removable`: the fraction of the tower's MACs gone if every block ran on that share of each image's
+      patches, an upper bound for a merge inside the tower (a real one runs after at least one block, keeps the
+      merger's 2x2 groups whole and unmerges before the merger, which with the patch embedding stays whole);
+    - `llm_saved`: the fraction of the prefill's MACs the in-LLM reduction before decoder `layer` saves.
+
+    Example:
+
+    ```python
+    >>> from transformers import Qwen2VLConfig
+    >>> from turbo_hf.evaluation.qwen_llm_benchmark import QWEN2_VL_7B_TEXT, prefill_macs, qwen_prompts
+    >>> config = Qwen2VLConfig(text_config=QWEN2_VL_7B_TEXT)  # Qwen2-VL-7B, one 448 px image, 40 text tokens
+    >>> cost = prefill_macs(config, qwen_prompts(config, 1, 448), layer=2, keeps=[0.25])
+    >>> cost["tower_share"] * cost["tower_removable"][0.25] < cost["llm_saved"][0.25]
+    True
+    ```
+    """
+    vision, text = config.vision_config, config.text_config
+    with torch.device("meta"):
+        block = layer_cost(Qwen2VLVisionBlock(vision), "attn", "mlp")
+        decoder = layer_cost(Qwen2VLDecoderLayer(text, 0), "self_attn", "mlp")
+        merger = PatchMerger(vision.hidden_size, vision.embed_dim, vision.spatial_merge_size)
+    group = vision.spatial_merge_size**2
+    embed = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2 * vision.embed_dim
+    merge = sum(m.in_features * m.out_features for m in merger.modules() if isinstance(m, nn.Linear))
+    patches = inputs["image_grid_thw"].prod(-1).tolist()
+    tower = sum(vision.depth * block.macs(p, p) + p * embed + p // group * merge for p in patches)
+    batch, length = inputs["input_ids"].shape
+    head = text.hidden_size * text.vocab_size
+    llm = batch * (text.num_hidden_layers * decoder.macs(length, length) + head)
+    removable, saved = {}, {}
+    for keep in keeps:
+        kept = [keep_count(keep, p) for p in patches]
+        gone = sum(vision.depth * (block.macs(p, p) - block.macs(k, k)) for p, k in zip(patches, kept))
+        removable[keep] = gone / tower
+        tokens = patches[0] // group  # every prompt has one image of the same size
+        short = length - (tokens - keep_count(keep, tokens))
+        deep = text.num_hidden_layers - layer
+        saved[keep] = batch * deep * (decoder.macs(length, length) - decoder.macs(short, short)) / (tower + llm)
+    return {"tower_gmacs": tower / 1e9, "llm_gmacs": llm / 1e9, "tower_share": tower / (tower + llm),
+            "tower_removable": removable, "llm_saved": saved}
+
+
+def tower_split(model, resolutions, batches, repeats: int, warmup: int, layer: int, keeps, threads: int | None = None,
+                reference_config=None) -> list[dict]:
+    """The stock vision tower alone (`get_image_features`) against the whole stock prefill, per (resolution, batch),
+    timed in interleaved rounds (`timing.timed_rounds`, wall clock and process CPU time) on `qwen_prompts`.
+
+    Returns, per block: the `samples` (seconds per round: `wall` and `cpu` of `tower` and `prefill`), their medians
+    (`tower_ms`, `prefill_ms`), `spread` ((max - min) / median of the CPU samples), `share` (`timing_summary` of the
+    round-by-round tower / prefill ratio, `cpu` and `wall`), `tower_merge_bound` (the CPU share times
+    `tower_removable`: the most of the prefill a merge inside the tower could save at each keep), `machine`,
+    `warnings`, and `flops` (`prefill_macs` on the same prompts: `model` on the model's own shapes, `reference` on
+    `reference_config`'s, by default Qwen2-VL-7B's).
+    """
+    reference = reference_config or Qwen2VLConfig(text_config=QWEN2_VL_7B_TEXT)
+    rows = []
+    for resolution in resolutions:
+        for batch in batches:
+            inputs = qwen_prompts(model.config, batch, resolution)
+            runner = DecodeRunner(model, inputs, new_tokens=0, positions="mrope")
+
+            def tower(inputs=inputs):
+                with torch.no_grad():
+                    return model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+
+            cpu = {"tower": [], "prefill": []}
+            runs = {"tower": cpu_clocked(tower, cpu["tower"]), "prefill": cpu_clocked(runner.prefill, cpu["prefill"])}
+            timed = timed_rounds(runs, repeats, warmup, threads=threads)
+            runner.output = None
+            samples = {name: {"wall": timed["samples"][name], "cpu": cpu[name][warmup:]} for name in runs}
+            share = {clock: timing_summary([t / p for t, p in zip(samples["tower"][clock], samples["prefill"][clock])])
+                     for clock in ("cpu", "wall")}
+            flops = {"model": prefill_macs(model.config, inputs, layer, keeps),
+                     "reference": prefill_macs(reference, inputs, layer, keeps)}
+            removable = flops["model"]["tower_removable"]
+            rows.append({
+                "resolution": resolution, "batch": batch, "patches_per_image": int(inputs["image_grid_thw"][0].prod()),
+                "samples": samples,
+                "tower_ms": {clock: statistics.median(samples["tower"][clock]) * 1000 for clock in ("cpu", "wall")},
+                "prefill_ms": {clock: statistics.median(samples["prefill"][clock]) * 1000 for clock in ("cpu", "wall")},
+                "spread": {name: timing_summary(samples[name]["cpu"])["spread"] for name in runs},
+                "share": share, "tower_merge_bound": {k: share["cpu"]["median"] * removable[k] for k in keeps},
+                "machine": timed["machine"], "warnings": timing_warnings(timed["summary"], timed["machine"]),
+                "flops": flops,
+            })
+    return rows
+
+
+def tower_versus_llm(rows: list[dict], results: list[dict]) -> list[dict]:
+    """Per `tower_split` block and in-LLM setting of `run_qwen2_vl`'s same (resolution, batch): the share of the stock
+    prefill that setting saved (`1 - 1 / prefill_speedup_cpu`, measured) next to the most a tower merge keeping the
+    same share could save (`tower_merge_bound`) and both on the FLOP models."""
+    blocks = {(block["resolution"], block["batch"]): block["settings"] for block in results}
+    found = []
+    for row in rows:
+        for name, entry in blocks[row["resolution"], row["batch"]].items():
+            if not entry["turbo_config"]:
+                continue
+            keep = entry["turbo_config"]["llm_keep"][0]
+            flops, reference = row["flops"]["model"], row["flops"]["reference"]
+            found.append({"resolution": row["resolution"], "batch": row["batch"], "setting": name, "keep": keep,
+                          "in_llm_saved_cpu": 1 - 1 / entry["prefill_speedup_cpu"],
+                          "in_llm_saved_flops": flops["llm_saved"][keep],
+                          "tower_merge_bound": row["tower_merge_bound"][keep],
+                          "reference_in_llm_saved_flops": reference["llm_saved"][keep],
+                          "reference_tower_merge_bound": reference["tower_share"] * reference["tower_removable"][keep]})
+    return found
+
+
+def tower_markdown(rows: list[dict], versus: list[dict]) -> str:
+    """The `tower_split` rows and the `tower_versus_llm` comparison as two tables."""
+    def pct(value):
+        return f"{value:.1%}"
+
+    split = []
+    for row in rows:
+        share, flops = row["share"], row["flops"]
+        spread = f"{share['cpu']['q1']:.1%} - {share['cpu']['q3']:.1%}"
+        split.append([f"{row['resolution']} px", row["batch"], f"{row['tower_ms']['cpu']:.1f} ms",
+                      f"{row['prefill_ms']['cpu']:.0f} ms", f"**{share['cpu']['median']:.1%}** ({spread})",
+                      pct(share["wall"]["median"]), pct(flops["model"]["tower_share"]),
+                      pct(flops["reference"]["tower_share"]),
+                      f"{row['spread']['tower']:.0%} / {row['spread']['prefill']:.0%}",
+                      f"{row['machine']['cpu_share']:.0%}"])
+    headers = ["image", "batch", "tower (CPU)", "prefill (CPU)", "tower share, CPU (q1 - q3)", "share, wall",
+               "share, FLOPs (this model)", "share, FLOPs (7B)", "spread t / p", "CPU share got"]
+    compare = [[f"{v['resolution']} px", v["batch"], v["setting"], pct(v["tower_merge_bound"]),
+                f"**{v['in_llm_saved_cpu']:.1%}**", pct(v["in_llm_saved_flops"]), pct(v["reference_tower_merge_bound"]),
+                pct(v["reference_in_llm_saved_flops"])] for v in versus]
+    compare_headers = ["image", "batch", "in-LLM setting", "tower merge at most (measured share)", "in-LLM saved (CPU)",
+                       "in-LLM saved (FLOPs)", "tower merge at most (7B FLOPs)", "in-LLM saved (7B FLOPs)"]
+    warnings = sorted({w for row in rows for w in row["warnings"]})
+    notes = "".join(f"\n\n**Warning** (tower timing): {w}" for w in warnings)
+    return markdown_table(headers, split) + notes + "\n\n" + markdown_table(compare_headers, compare)
+
+
 def results_markdown(results: list[dict]) -> str:
     """One table per (resolution, batch): the stock row in absolute values, the others as ratios to it."""
     parts = []
@@ -165,4 +310,5 @@ def results_markdown(results: list[dict]) -> str:
     return "\n".join(parts)
 
 
-__all__ = ["build_qwen2_vl", "cost_markdown", "cost_split", "qwen_prompts", "results_markdown", "run_qwen2_vl"]
+__all__ = ["build_qwen2_vl", "cost_markdown", "cost_split", "prefill_macs", "qwen_prompts", "results_markdown",
+           "run_qwen2_vl", "tower_markdown", "tower_split", "tower_versus_llm"]
