@@ -28,14 +28,14 @@ from turbo_hf.evaluation.tables import metadata_markdown, save
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default=None, help="a local Qwen2-VL checkpoint folder (default: random)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 layers, batch 1, 1 round, 4 tokens")
     parser.add_argument("--resolutions", type=comma_type(int), default=[448, 672])
     parser.add_argument("--batches", type=comma_type(int), default=[1, 2])
     add_llm_benchmark_arguments(parser, out=str(REPO_ROOT / "benchmarks"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.time()
     layers, repeats, batches, new_tokens = 28, args.repeats, args.batches, args.new_tokens
@@ -73,8 +73,10 @@ def main() -> None:
                             results_markdown(results), cost_notes, cost_markdown(costs), "## Run",
                             metadata_markdown(meta)])
     stem = "qwen2_vl_llm_quick" if args.quick else "qwen2_vl_llm"
-    save(args.out, stem, {"metadata": meta, "results": results, "costs": costs}, markdown)
+    payload = {"metadata": meta, "results": results, "costs": costs}
+    save(args.out, stem, payload, markdown)
     print(markdown)
+    return payload
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLDecoderLayer, 
 from ..modeling.llm_token_reduction import keep_count
 from ..modeling.patching import apply_turbo
 from ..modeling.schedules import layer_cost
-from .llm_reduction_benchmark import measure_settings
+from .llm_reduction_benchmark import measure_settings, random_words, word_ids
 from .tables import markdown_table
 
 IMAGE, VIDEO, START, END = 996, 997, 998, 999
@@ -56,11 +56,11 @@ def qwen_prompts(config, batch: int, resolution: int, seed: int = 0) -> dict:
     tokens = side * side // vision.spatial_merge_size**2
     generator = torch.Generator().manual_seed(seed)
     special = (config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id)
-    high = min(990, *special)  # words below the special tokens
+    vocabulary = word_ids(config.get_text_config().vocab_size, special)  # the checkpoint's ids, no special one
     texts = [40] if batch == 1 else [36 + (8 * i) // (batch - 1) for i in range(batch)]
     rows, kinds = [], []
     for count in texts:
-        words = torch.randint(10, high, (count,), generator=generator).tolist()
+        words = random_words(vocabulary, count, generator)
         rows.append([config.vision_start_token_id] + [config.image_token_id] * tokens + [config.vision_end_token_id]
                     + words)
         kinds.append([0] + [1] * tokens + [0] * (count + 1))
