@@ -8,6 +8,11 @@ The model has LLaVA-1.5's sequence lengths and depth, scaled down in width so th
 - prompt: ~40 text tokens around the image (`USER: <image> ... ASSISTANT:`); batch 1 (40 text tokens) and batch 4
   (36 to 44 text tokens, left-padded).
 
+Settings (`llava_settings`, shares of the image tokens): a quarter kept before decoder layer 2 (`--layer`), merged
+and pruned; half then an eighth before layers 2 and 16; the vision tower merging half (`r=96`), alone and with an
+eighth kept before layer 2. `--checkpoint PATH` measures a local `LlavaForConditionalGeneration` checkpoint
+instead (its image size, token ids and depth; speed only: no quality without real data).
+
 Measured against the stock model (`LlavaForConditionalGeneration`, no Turbo), in the same process:
 
 - prefill: one forward over the prompt with the images (`use_cache=True`, `logits_to_keep=1`, as `generate()`
@@ -36,24 +41,20 @@ from pathlib import Path
 import torch
 
 from turbo_hf.evaluation.arguments import comma_type
-from turbo_hf.evaluation.llava_llm_benchmark import llava_shaped_model, run_batch
+from turbo_hf.evaluation.llava_llm_benchmark import build_llava, llava_settings, run_batch
 from turbo_hf.evaluation.llava_llm_report import llm_markdown
 from turbo_hf.evaluation.report import run_metadata
 from turbo_hf.evaluation.tables import save
 
-SETTINGS = [
-    ("stock", None),
-    ("LLM K=2 keep 144 (merge)", dict(llm_layers=[2], llm_keep=[144])),
-    ("LLM K=2 keep 144 (prune)", dict(llm_layers=[2], llm_keep=[144], reduction="prune")),
-    ("LLM K=2,16 keep 288,72 (merge)", dict(llm_layers=[2, 16], llm_keep=[288, 72])),
-    ("vision r=96 (288 tokens)", dict(r=96)),
-    ("vision r=96 + LLM K=2 keep 72", dict(r=96, llm_layers=[2], llm_keep=[72])),
-]
+RANDOM_MODEL = "LLaVA-shaped, random weights (turbo_hf.evaluation.llava_llm_benchmark.llava_shaped_model)"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint", default=None, help="a local LLaVA checkpoint folder (default: random)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 layers, batch 1, 1 round, 4 new tokens")
+    parser.add_argument("--layer", type=int, default=2, help="the decoder layer before which images are reduced")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one: CPU time is the compute itself)")
@@ -64,19 +65,19 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.time()
-    layers, repeats, batches, new_tokens, settings = 32, args.repeats, args.batches, args.new_tokens, SETTINGS
+    layers, repeats, batches, new_tokens = 32, args.repeats, args.batches, args.new_tokens
     if args.quick:
         layers, repeats, batches, new_tokens = 4, 1, [1], 4
-        settings = [s for s in SETTINGS if not (s[1] or {}).get("llm_layers") or max(s[1]["llm_layers"]) < 4]
-    model = llava_shaped_model(layers, args.attn)
+    model = build_llava(layers, args.attn, args.checkpoint)
+    settings = llava_settings(model.config, args.layer)  # a 4-layer model: no second reduction layer
     results = []
     for batch in batches:
         results.append(run_batch(model, batch, settings, repeats, args.warmup, new_tokens))
         print(f"batch {batch} done after {time.time() - start:.0f} s", flush=True)
     meta = run_metadata(
-        model="LLaVA-shaped, random weights (turbo_hf.evaluation.llm_benchmark.llava_shaped_model)",
-        attn=args.attn, text_layers=layers, repeats=repeats, warmup=args.warmup, new_tokens=new_tokens,
-        quick=args.quick,
+        model=args.checkpoint or RANDOM_MODEL, checkpoint=args.checkpoint, attn=args.attn,
+        text_layers=model.config.text_config.num_hidden_layers, layer=args.layer, repeats=repeats,
+        warmup=args.warmup, new_tokens=new_tokens, quick=args.quick,
     )
     result = {"meta": meta, "batches": results, "runtime_s": time.time() - start}
     page = llm_markdown(result)

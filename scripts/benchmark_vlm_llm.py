@@ -86,14 +86,14 @@ def tower_section(towers: list[dict], versus: list[dict], config, repeats: int, 
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default=None, help="a local Qwen2-VL checkpoint folder (default: random)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 layers, batch 1, 1 round, 4 tokens")
     parser.add_argument("--resolutions", type=comma_type(int), default=[448, 672])
     parser.add_argument("--batches", type=comma_type(int), default=[1, 2])
     add_llm_benchmark_arguments(parser, out=str(REPO_ROOT / "benchmarks"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.time()
     layers, repeats, batches, new_tokens = 28, args.repeats, args.batches, args.new_tokens
@@ -115,7 +115,8 @@ def main() -> None:
         "(wall clock; *CPU*: the same ratio from process CPU time), *spread*: (max - min) / median of the prefill and "
         "decode samples. Ratios are stock / setting (> 1: faster) except *peak mem* and *KV cache* (setting / "
         "stock). *limit*: stock token-layers / setting token-layers of the prefill (the language model's work if "
-        "it were linear in tokens; the vision tower is not reduced). Random weights: no quality numbers."
+        "it were linear in tokens; the vision tower is not reduced). "
+        + ("Random weights: no quality numbers." if args.checkpoint is None else "No quality numbers.")
     )
     if meta["load_warning"]:
         notes += f"\n\n**Warning**: {meta['load_warning']}"
@@ -137,6 +138,7 @@ def main() -> None:
     payload = {"metadata": meta, "results": results, "costs": costs, "tower_split": towers, "tower_versus_llm": versus}
     save(args.out, stem, payload, markdown)
     print(markdown)
+    return payload
 
 
 if __name__ == "__main__":

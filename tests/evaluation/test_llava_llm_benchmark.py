@@ -2,7 +2,9 @@
 
 import pytest
 
-from turbo_hf.evaluation.llava_llm_benchmark import llava_prompts, llava_shaped_model, run_batch
+from turbo_hf.evaluation.llava_llm_benchmark import (
+    llava_prompts, llava_settings, llava_shaped_config, llava_shaped_model, run_batch,
+)
 from turbo_hf.evaluation.llava_llm_report import llm_markdown
 from turbo_hf.evaluation.report import run_metadata
 
@@ -41,3 +43,19 @@ def test_a_run_reports_reduced_caches_against_stock_and_a_page(model):
 def test_settings_must_start_with_the_stock_model(model):
     with pytest.raises(ValueError, match="start with the stock model"):
         run_batch(model, 1, [("K=1", {"llm_layers": [1], "llm_keep": [16]})])
+
+
+def test_the_settings_of_the_random_model_are_the_published_ones():
+    """`llava_settings` derives them from a config's image tokens and depth; at 576 tokens and 32 layers they are
+    the table of benchmarks/llava_llm.md; a 4-layer model (`--quick`) has no second layer halfway down."""
+    assert llava_settings(llava_shaped_config()) == [
+        ("stock", None),
+        ("LLM K=2 keep 144 (merge)", {"llm_layers": [2], "llm_keep": [144]}),
+        ("LLM K=2 keep 144 (prune)", {"llm_layers": [2], "llm_keep": [144], "reduction": "prune"}),
+        ("LLM K=2,16 keep 288,72 (merge)", {"llm_layers": [2, 16], "llm_keep": [288, 72]}),
+        ("vision r=96 (288 tokens)", {"r": 96}),
+        ("vision r=96 + LLM K=2 keep 72", {"r": 96, "llm_layers": [2], "llm_keep": [72]}),
+    ]
+    quick = [name for name, _ in llava_settings(llava_shaped_config(text_layers=4))]
+    assert quick == ["stock", "LLM K=2 keep 144 (merge)", "LLM K=2 keep 144 (prune)", "vision r=96 (288 tokens)",
+                     "vision r=96 + LLM K=2 keep 72"]

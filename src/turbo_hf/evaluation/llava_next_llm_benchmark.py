@@ -12,7 +12,8 @@ Random weights, scaled down from LLaVA-NeXT (336 px crops, 576 tokens per crop) 
   each prompt is `<s>`, the image, ~40 text tokens.
 
 `llm_keep` shares apply to each image's own count (newline tokens included). A real checkpoint (`checkpoint=`)
-replaces the random model (its crop size, pinpoints and token ids from its config). Random weights: no quality.
+replaces the random model: the images are then one and two crops wide of its own crop size (`image_sizes`), its
+pinpoints, image token, BOS and vocabulary come from its config. Random weights: no quality.
 
 Example (2 decoder layers):
 
@@ -32,11 +33,10 @@ from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from ..modeling.configuration_turbo import TurboConfig
-from ..modeling.patching import apply_turbo
-from .llm_reduction_benchmark import measure_settings
+from .llm_reduction_benchmark import measure_settings, random_words, shared_variant, word_ids
 
 IMAGE_TOKEN_ID, BOS = 999, 1
-SIZES = [(224, 448), (448, 448)]
+SIZES = [(224, 448), (448, 448)]  # `image_sizes` of the random model (224 px crops)
 
 
 def build_llava_next(layers: int = 32, attn: str = "sdpa", checkpoint: str | None = None):
@@ -56,45 +56,53 @@ def build_llava_next(layers: int = 32, attn: str = "sdpa", checkpoint: str | Non
     return LlavaNextForConditionalGeneration(config).eval()
 
 
-def llava_next_prompts(model, sizes: list[tuple[int, int]], seed: int = 0) -> dict:
-    """Left-padded prompts, one image of each `(height, width)` in `sizes` then ~40 text tokens (36..44 in a
-    batch), with random crops; each image gets the stock model's token count (`get_image_features`)."""
-    config = model.config
+def image_sizes(config) -> list[tuple[int, int]]:
+    """The benchmark's two image sizes `(height, width)` for a LLaVA-NeXT config: one crop by two (base + 2 tiles)
+    and two by two (base + 4 tiles) of its crop size (`SIZES` for the random model's 224 px crops)."""
     crop = config.vision_config.image_size
+    return [(crop, 2 * crop), (2 * crop, 2 * crop)]
+
+
+def llava_next_prompts(model, sizes: list[tuple[int, int]], seed: int = 0) -> dict:
+    """Left-padded prompts, BOS, one image of each `(height, width)` in `sizes` then ~40 text tokens (36..44 in a
+    batch; ids of the config's vocabulary, `word_ids`), with random crops; each image gets the stock model's token
+    count (`get_image_features`)."""
+    config = model.config
+    vision, text = config.vision_config, config.get_text_config()
+    crop = vision.image_size
     crops = [image_size_to_num_patches(size, config.image_grid_pinpoints, crop) for size in sizes]
     generator = torch.Generator().manual_seed(seed)
-    pixels = torch.randn(len(sizes), max(crops), 3, crop, crop, generator=generator)
-    image_sizes = torch.tensor(sizes)
+    pixels = torch.randn(len(sizes), max(crops), vision.num_channels, crop, crop, generator=generator)
+    shapes = torch.tensor(sizes)
     with torch.no_grad():
-        counts = [f.shape[0] for f in model.model.get_image_features(pixels, image_sizes).pooler_output]
+        counts = [f.shape[0] for f in model.model.get_image_features(pixels, shapes).pooler_output]
     texts = [40] if len(sizes) == 1 else [36 + (8 * i) // (len(sizes) - 1) for i in range(len(sizes))]
-    rows = [[BOS] + [config.image_token_id] * count + torch.randint(10, 990, (text,), generator=generator).tolist()
-            for count, text in zip(counts, texts)]
+    bos = [] if text.bos_token_id is None else [text.bos_token_id]
+    words = word_ids(text.vocab_size, [config.image_token_id, text.bos_token_id, text.eos_token_id, text.pad_token_id])
+    rows = [bos + [config.image_token_id] * count + random_words(words, count_text, generator)
+            for count, count_text in zip(counts, texts)]
     length = max(len(row) for row in rows)
     return {
         "input_ids": torch.tensor([[0] * (length - len(row)) + row for row in rows]),
         "attention_mask": torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in rows]),
         "pixel_values": pixels,
-        "image_sizes": image_sizes,
+        "image_sizes": shapes,
     }
 
 
 def run_llava_next(model, settings, size_sets, repeats: int, warmup: int, new_tokens: int) -> list[dict]:
     """Every batch of `size_sets` (a list of image sizes per batch) measured with `measure_settings`; a patched
-    copy per setting, same weights. The first setting must be `("stock", None)`."""
+    copy per setting that shares the model's weights (`shared_variant`). The first setting must be
+    `("stock", None)`."""
     if not settings or settings[0][1] is not None:
         raise ValueError("`settings` must start with the stock model, `('stock', None)`.")
-    weights = model.state_dict()
     results = []
     for sizes in size_sets:
         inputs = llava_next_prompts(model, sizes)
         counts = (inputs["input_ids"] == model.config.image_token_id).sum(1).tolist()
 
         def build(turbo, inputs=inputs, counts=counts):
-            variant = type(model)(model.config).eval()
-            variant.load_state_dict(weights)
-            if turbo is not None:
-                apply_turbo(variant, **turbo)
+            variant = shared_variant(model, turbo)
             info = {"turbo_config": None if turbo is None else TurboConfig(**turbo).settings(),
                     "image_tokens_to_llm": " / ".join(str(count) for count in counts)}
             return variant, inputs, info
@@ -105,4 +113,4 @@ def run_llava_next(model, settings, size_sets, repeats: int, warmup: int, new_to
     return results
 
 
-__all__ = ["SIZES", "build_llava_next", "llava_next_prompts", "run_llava_next"]
+__all__ = ["SIZES", "build_llava_next", "image_sizes", "llava_next_prompts", "run_llava_next"]

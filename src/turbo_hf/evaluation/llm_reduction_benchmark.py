@@ -14,14 +14,17 @@ its inputs; `measure_settings` times, for every setting and the stock model in r
   (`profile_memory=True`: allocations minus frees in time order; weights excluded), and the KV cache after the
   prefill, with the tokens each layer caches.
 
-Used by `scripts/benchmark_vlm_llm.py` (Qwen2-VL) and `scripts/benchmark_llava_llm.py` (LLaVA-1.5).
+Used by `scripts/benchmark_vlm_llm.py` (Qwen2-VL), `scripts/benchmark_llava_llm.py` (LLaVA-1.5) and
+`scripts/benchmark_llava_next_llm.py`; `shared_variant` and `word_ids` serve their model and prompt builders.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -29,6 +32,7 @@ from transformers.utils import logging
 
 from ..modeling.compat import cache_kwargs, cache_of
 from ..modeling.llm_token_masks import STATE_ATTRIBUTE
+from ..modeling.patching import apply_turbo
 from .report import run_metadata
 from .timing import cpu_clocked, interleaved_times, load_warning, timing_summary
 
@@ -172,6 +176,41 @@ def measure_settings(
     return result
 
 
+def shared_variant(model: torch.nn.Module, turbo: dict | None) -> torch.nn.Module:
+    """A copy of the stock `model` that shares its parameters and buffers (no second copy of the weights, in their
+    own dtype and device: a real checkpoint's setting variants fit in memory), patched with `turbo` (None: stock),
+    in eval mode. `apply_turbo` only swaps the copy's module classes, so the original stays stock."""
+    memo = {id(tensor): tensor for tensor in itertools.chain(model.parameters(), model.buffers())}
+    variant = copy.deepcopy(model, memo)
+    if turbo is not None:
+        apply_turbo(variant, **turbo)
+    return variant.eval()
+
+
+def word_ids(vocab_size: int, special: Iterable[int | None], low: int = 10, high: int = 990) -> torch.Tensor:
+    """The ids random prompt words are drawn from: `[low, min(high, vocab_size))` without the `special` ids (image
+    and vision markers, BOS, ...), so that they fit any checkpoint's vocabulary and never stand for an image.
+
+    Example:
+
+    ```python
+    >>> from turbo_hf.evaluation.llm_reduction_benchmark import word_ids
+    >>> word_ids(16, special=[4, 12, None]).tolist()
+    [10, 11, 13, 14, 15]
+    ```
+    """
+    ids = torch.arange(min(low, vocab_size), min(high, vocab_size))
+    ids = ids[~torch.isin(ids, torch.tensor([i for i in special if i is not None], dtype=torch.long))]
+    if not len(ids):
+        raise ValueError(f"No word ids left in [{low}, {min(high, vocab_size)}) of a vocabulary of {vocab_size}.")
+    return ids
+
+
+def random_words(ids: torch.Tensor, count: int, generator: torch.Generator) -> list[int]:
+    """`count` ids drawn uniformly from `ids` (`word_ids`) with `generator`."""
+    return ids[torch.randint(0, len(ids), (count,), generator=generator)].tolist()
+
+
 def script_metadata(args, model, repeats: int, new_tokens: int, start: float, random_label: str) -> dict:
     """The run metadata of an in-LLM benchmark script (`args`: its `--checkpoint`, `--warmup`, `--attn`, `--quick`):
     `report.run_metadata`, the runtime since `start`, the model folder (or `random_label`), the load warning."""
@@ -183,4 +222,5 @@ def script_metadata(args, model, repeats: int, new_tokens: int, start: float, ra
     return meta
 
 
-__all__ = ["DecodeRunner", "cache_megabytes", "measure_settings", "peak_tensor_megabytes", "script_metadata"]
+__all__ = ["DecodeRunner", "cache_megabytes", "measure_settings", "peak_tensor_megabytes", "random_words",
+           "script_metadata", "shared_variant", "word_ids"]

@@ -18,13 +18,12 @@ import statistics
 
 import torch
 from torch import nn
-from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+from transformers import AutoConfig, Qwen2VLConfig, Qwen2VLForConditionalGeneration
 from transformers.models.qwen2_vl.modeling_qwen2_vl import PatchMerger, Qwen2VLDecoderLayer, Qwen2VLVisionBlock
 
 from ..modeling.llm_token_reduction import keep_count
-from ..modeling.patching import apply_turbo
 from ..modeling.schedules import layer_cost
-from .llm_reduction_benchmark import DecodeRunner, measure_settings
+from .llm_reduction_benchmark import DecodeRunner, measure_settings, random_words, shared_variant, word_ids
 from .tables import markdown_table
 from .timing import cpu_clocked, timed_rounds, timing_summary, timing_warnings
 
@@ -37,6 +36,10 @@ QWEN2_VL_7B_TEXT = dict(hidden_size=3584, intermediate_size=18944, num_hidden_la
 def build_qwen2_vl(layers: int, attn: str, checkpoint: str | None = None) -> Qwen2VLForConditionalGeneration:
     """The scaled-down random Qwen2-VL (or the checkpoint's model), in eval mode."""
     if checkpoint is not None:
+        model_type = AutoConfig.from_pretrained(checkpoint).model_type
+        if model_type != "qwen2_vl":
+            raise ValueError(f"`checkpoint` must be a Qwen2-VL checkpoint (model_type 'qwen2_vl'); {checkpoint} holds "
+                             f"a {model_type!r} model (this benchmark's shapes and cost model are Qwen2-VL's).")
         return Qwen2VLForConditionalGeneration.from_pretrained(checkpoint, attn_implementation=attn).eval()
     text = dict(vocab_size=1000, hidden_size=256, intermediate_size=688, num_hidden_layers=layers,
                 num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=1,
@@ -60,11 +63,11 @@ def qwen_prompts(config, batch: int, resolution: int, seed: int = 0) -> dict:
     tokens = side * side // vision.spatial_merge_size**2
     generator = torch.Generator().manual_seed(seed)
     special = (config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id)
-    high = min(990, *special)  # words below the special tokens
+    vocabulary = word_ids(config.get_text_config().vocab_size, special)  # the checkpoint's ids, no special one
     texts = [40] if batch == 1 else [36 + (8 * i) // (batch - 1) for i in range(batch)]
     rows, kinds = [], []
     for count in texts:
-        words = torch.randint(10, high, (count,), generator=generator).tolist()
+        words = random_words(vocabulary, count, generator)
         rows.append([config.vision_start_token_id] + [config.image_token_id] * tokens + [config.vision_end_token_id]
                     + words)
         kinds.append([0] + [1] * tokens + [0] * (count + 1))
@@ -82,17 +85,13 @@ def qwen_prompts(config, batch: int, resolution: int, seed: int = 0) -> dict:
 
 def run_qwen2_vl(model, settings, resolutions, batches, repeats, warmup, new_tokens) -> list[dict]:
     """Every (resolution, batch) measured with `measure_settings`; a patched copy per setting, same weights."""
-    weights = model.state_dict()
     results = []
     for resolution in resolutions:
         for batch in batches:
             inputs = qwen_prompts(model.config, batch, resolution)
 
             def build(turbo, inputs=inputs):
-                variant = type(model)(model.config).eval()
-                variant.load_state_dict(weights)
-                if turbo is not None:
-                    apply_turbo(variant, **turbo)
+                variant = shared_variant(model, turbo)
                 image_tokens = int((inputs["input_ids"][0] == model.config.image_token_id).sum())
                 return variant, inputs, {"turbo_config": turbo, "image_tokens_to_llm": image_tokens}
 
