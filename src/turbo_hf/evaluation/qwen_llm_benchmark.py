@@ -286,6 +286,62 @@ def tower_markdown(rows: list[dict], versus: list[dict]) -> str:
     return markdown_table(headers, split) + notes + "\n\n" + markdown_table(compare_headers, compare)
 
 
+def _span(values, fmt: str = ".0%") -> str:
+    """`low - high` of `values` (one value when they agree to the format)."""
+    low, high = format(min(values), fmt), format(max(values), fmt)
+    return low if low == high else f"{low} - {high}"
+
+
+def tower_section(towers: list[dict], versus: list[dict], config, repeats: int, layer: int,
+                  checkpoint: str | None) -> str:
+    """The heading, notes and decision of the measured tower / prefill split (the numbers from the run)."""
+    def shapes(config) -> str:
+        vision, text = config.vision_config, config.text_config
+        return (f"{vision.depth} blocks of width {vision.embed_dim}, {text.num_hidden_layers} decoder layers of width "
+                f"{text.hidden_size}")
+
+    tracks = [row["share"]["cpu"]["median"] / row["flops"]["model"]["tower_share"] for row in towers]
+    shares = [row["share"]["cpu"]["median"] for row in towers]
+    model_flops = [row["flops"]["model"]["tower_share"] for row in towers]
+    reference = [row["flops"]["reference"]["tower_share"] for row in towers]
+    bound, saved = [v["tower_merge_bound"] for v in versus], [v["in_llm_saved_cpu"] for v in versus]
+    ref_bound = [v["reference_tower_merge_bound"] for v in versus]
+    ref_saved = [v["reference_in_llm_saved_flops"] for v in versus]
+    wins = all(v["in_llm_saved_cpu"] > v["tower_merge_bound"] for v in versus)
+    ref_wins = all(v["reference_in_llm_saved_flops"] > v["reference_tower_merge_bound"] for v in versus)
+    verdict = ("so the in-LLM reduction saves more of the prefill than merging inside the tower could at the same "
+               "keep, even were the tower merge free and perfect, and the tower merge is not built"
+               if wins and ref_wins else
+               "so at some keeps a tower merge could save more than the in-LLM reduction: the decision needs "
+               "revisiting")
+    return (
+        "## How much of the stock prefill the vision tower takes (measured)\n\n"
+        f"On the same {checkpoint or 'scaled random'} model and prompts: the stock vision tower alone "
+        "(`model.model.get_image_features`: patch embedding, blocks, 2x2 merger) against the whole stock prefill "
+        f"(the call of the tables above, tower included), timed in {repeats} interleaved rounds of their own "
+        "(`timing.timed_rounds`, the benchmark's threads). *tower share, CPU*: the median over rounds of tower / "
+        "prefill process CPU time, with the rounds' quartiles (the main figure; *wall*: the same from wall clock; "
+        "*spread t / p*: (max - min) / median of the tower's and the prefill's CPU samples); "
+        "*FLOPs*: `prefill_macs`, the tower's MACs over the prefill's (tower, every padded position through every "
+        "decoder layer, the head on the last token) on this model's own shapes "
+        f"({shapes(config)}) and on Qwen2-VL-7B's ({shapes(Qwen2VLConfig(text_config=QWEN2_VL_7B_TEXT))}) for the "
+        "same prompts; *CPU share "
+        "got*: CPU time the timed calls got over what their thread(s) asked for (below 85 %: other work competed).\n\n"
+        "The second table sets the most a merge inside the tower could save of the stock prefill (*tower merge at "
+        "most*: the tower share times the fraction of the tower's MACs gone if every block ran on the kept share of "
+        "each image's patches; an upper bound: a real tower merge runs after at least one block, keeps the merger's "
+        "2x2 groups whole and leaves the patch embedding and merger whole) against what the in-LLM setting keeping "
+        f"the same share before layer {layer} saved of the stock prefill in the tables above (*in-LLM saved (CPU)*: "
+        "1 - 1 / prefill x (CPU)), and both on the FLOP models.\n\n"
+        f"**Decision**: the tower takes {_span(shares, '.1%')} of the measured stock prefill here (the FLOP model of "
+        f"this model: {_span(model_flops, '.1%')}; measured / FLOP share {_span(tracks, '.2f')}), so a tower merge could "
+        "save at "
+        f"most {_span(bound)} of the prefill, against {_span(saved)} measured for the in-LLM reduction; at Qwen2-VL-7B's "
+        f"shapes the tower is {_span(reference)} of the prefill's MACs, and the bound is {_span(ref_bound)} against "
+        f"{_span(ref_saved)} saved by the in-LLM reduction: {verdict}."
+    )
+
+
 def results_markdown(results: list[dict]) -> str:
     """One table per (resolution, batch): the stock row in absolute values, the others as ratios to it."""
     parts = []
@@ -310,4 +366,4 @@ def results_markdown(results: list[dict]) -> str:
 
 
 __all__ = ["build_qwen2_vl", "cost_markdown", "cost_split", "prefill_macs", "qwen_prompts", "results_markdown",
-           "run_qwen2_vl", "tower_markdown", "tower_split", "tower_versus_llm"]
+           "run_qwen2_vl", "tower_markdown", "tower_section", "tower_split", "tower_versus_llm"]
